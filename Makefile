@@ -1,0 +1,48 @@
+# The Makefile owns the environment: every target below creates or updates .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Keep the suite (and the demo) on the CPU even where a GPU is visible; CI has none.
+CPU_ENV := CUDA_VISIBLE_DEVICES= WANDB_MODE=offline WANDB_SILENT=true HYDRA_FULL_ERROR=0
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-fast lint format bench clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create or update .venv (editable install with the dev extras)
+
+demo: $(STAMP) ## train on the embedded photos on the CPU and print where the results are
+	$(CPU_ENV) $(BIN)/python -m experiments.demo
+
+test: $(STAMP) ## run the whole test suite (CPU only, no network)
+	$(CPU_ENV) $(BIN)/python -m pytest
+
+test-fast: $(STAMP) ## the suite without the tests marked slow
+	$(CPU_ENV) $(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP) ## run the benchmarks in experiments/bench (numbers go into its README by hand)
+	$(BIN)/python -m experiments.bench.degradations
+
+clean: ## remove run outputs and caches (keeps .venv)
+	rm -rf logs outputs multirun wandb .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +
+
+distclean: clean ## also remove .venv
+	rm -rf $(VENV)
