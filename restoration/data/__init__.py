@@ -1,0 +1,1 @@
+"""Image sources, batched on-device degradation synthesis, datasets and the datamodule."""

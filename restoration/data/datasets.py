@@ -1,0 +1,252 @@
+"""Torch datasets and samplers over image sources.
+
+Training reads an endless stream of random crops. A sample's content is a pure function of
+``(seed, position)``: position ``p`` is image ``permutation(epoch)[p % n]`` of epoch ``p // n``,
+and its crop and flips come from a generator seeded with ``(seed, p)``. Step ``s`` on rank ``r``
+of ``W`` ranks with batch ``B`` reads positions ``(s·W + r)·B ... + B``, so a run resumed at step
+``s`` reads exactly the batches an uninterrupted run would, whatever the number of workers.
+
+Validation and test read whole images; clean images are degraded here, on the CPU, with a
+generator seeded by ``(val_seed, index)``, so every run, device and rank sees the same inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+from restoration.data.degradations import Degradation
+from restoration.data.sources import ImageSource
+from restoration.errors import DataError
+
+__all__ = ["ShardSampler", "StreamBatchSampler", "TrainCrops", "WholeImages", "stream_seed"]
+
+log = logging.getLogger(__name__)
+
+_MASK64 = (1 << 64) - 1
+
+
+def stream_seed(*values: int) -> int:
+    """Mix integers into one 63-bit seed (SplitMix64 finaliser), stable across processes."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 29
+    return state >> 1
+
+
+def _generator(*values: int) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(*values))
+
+
+class TrainCrops(Dataset):
+    """Random ``crop_size`` crops (GT pixels) with flips, indexed by stream position.
+
+    Args:
+        source: scanned image source; paired sources give aligned LQ crops of ``crop_size / scale``.
+        crop_size: GT crop side in pixels.
+        scale: GT / LQ size ratio of paired sources (1 otherwise).
+        hflip: random horizontal flips.
+        rotate: random vertical flips and transposes (with ``hflip``: all 8 dihedral transforms).
+        seed: data seed of the run.
+        on_small: images smaller than the crop: ``"error"``, ``"skip"`` them, or ``"resize"`` them
+            up (bicubic, keeping the aspect ratio) until the crop fits.
+        cache_images: keep decoded images in memory (per worker); for small datasets.
+        skip_bad_files: an image that fails to decode is replaced by the next one, with a warning.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        *,
+        crop_size: int,
+        scale: int = 1,
+        hflip: bool = True,
+        rotate: bool = False,
+        seed: int = 0,
+        on_small: str = "error",
+        cache_images: bool = False,
+        skip_bad_files: bool = False,
+    ) -> None:
+        if crop_size % scale:
+            raise DataError(
+                f"crop_size {crop_size} is not a multiple of the scale {scale}; choose e.g. {scale * 48}"
+            )
+        self.source = source
+        self.crop_size = crop_size
+        self.scale = scale
+        self.hflip = hflip
+        self.rotate = rotate
+        self.seed = seed
+        self.cache_images = cache_images
+        self.skip_bad_files = skip_bad_files
+        self.on_small = on_small
+        self.indices = self._usable_indices(on_small)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def _usable_indices(self, on_small: str) -> list[int]:
+        if on_small not in ("error", "skip", "resize"):
+            raise DataError(f"on_small={on_small!r}; expected 'error', 'skip' or 'resize'")
+        small = [i for i in range(len(self.source)) if min(self.source.size(i)) < self.crop_size]
+        if small and on_small == "error":
+            height, width = self.source.size(small[0])
+            raise DataError(
+                f"{self.source.description}: image {self.source.name(small[0])!r} is {width}×{height}, "
+                "smaller "
+                f"than the training crop {self.crop_size}×{self.crop_size} ({len(small)} such images); lower "
+                "datamodule.crop_size or set datamodule.on_small=skip|resize"
+            )
+        if small and on_small == "skip":
+            log.warning("%s: skipping %d images smaller than the crop", self.source.description, len(small))
+            skipped = set(small)
+            return [i for i in range(len(self.source)) if i not in skipped]
+        return list(range(len(self.source)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _image_at(self, position: int) -> int:
+        epoch, offset = divmod(position, len(self.indices))
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, torch.randperm(len(self.indices), generator=_generator(self.seed, epoch)))
+        return self.indices[int(self._order[1][offset])]
+
+    def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if index in self._cache:
+            return self._cache[index]
+        gt, lq = self.source.read(index)
+        if self.on_small == "resize" and min(gt.shape[1:]) < self.crop_size:
+            gt, lq = self._enlarge(gt, lq)
+        if self.cache_images:
+            self._cache[index] = (gt, lq)
+        return gt, lq
+
+    def _enlarge(self, gt: torch.Tensor, lq: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        factor = self.crop_size / min(gt.shape[1:])
+        size = [max(self.crop_size, round(side * factor / self.scale) * self.scale) for side in gt.shape[1:]]
+        resize = lambda image, sides: F.interpolate(  # noqa: E731
+            image[None], size=sides, mode="bicubic", align_corners=False, antialias=False
+        )[0].clamp(0, 1)
+        return resize(gt, size), None if lq is None else resize(lq, [side // self.scale for side in size])
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor | int]:
+        index = self._image_at(position)
+        for attempt in range(len(self.indices)):
+            try:
+                gt, lq = self._read(index)
+                break
+            except DataError as error:
+                if not self.skip_bad_files:
+                    raise
+                log.warning("skipping unreadable training image (%s)", error)
+                index = self._image_at(position + attempt + 1)
+        else:
+            raise DataError(f"{self.source.description}: no training image could be read")
+        generator = _generator(self.seed, position)
+        patch = self.crop_size if lq is None else self.crop_size // self.scale
+        reference = gt if lq is None else lq
+        top, left = (
+            int(torch.randint(side - patch + 1, (1,), generator=generator)) for side in reference.shape[1:]
+        )
+        if lq is not None:
+            lq = lq[:, top : top + patch, left : left + patch]
+            top, left = top * self.scale, left * self.scale
+        gt = gt[:, top : top + self.crop_size, left : left + self.crop_size]
+        flips = torch.rand(3, generator=generator) < 0.5
+        sample: dict[str, torch.Tensor | int] = {
+            "gt": self._augment(gt, flips),
+            "index": position,
+            "label": self.source.label(index),
+        }
+        if lq is not None:
+            sample["lq"] = self._augment(lq, flips)
+            sample["type"] = 0
+        return sample
+
+    def _augment(self, image: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        if self.hflip and flips[0]:
+            image = image.flip(-1)
+        if self.rotate and flips[1]:
+            image = image.flip(-2)
+        if self.rotate and flips[2]:
+            image = image.transpose(-1, -2)
+        return image.contiguous()
+
+
+class WholeImages(Dataset):
+    """Whole images for validation and test; clean images are degraded with a per-image fixed seed.
+
+    Args:
+        source: scanned image source.
+        degradation: synthesizes LQ from clean images (unused for paired sources).
+        scale: clean GT images are cropped to a multiple of the degradation's scale ("modcrop").
+        seed: validation seed; image ``i`` is degraded with a generator seeded by ``(seed, i)``.
+    """
+
+    def __init__(self, source: ImageSource, *, degradation: Degradation | None, seed: int = 1) -> None:
+        if not source.paired and degradation is None:
+            raise DataError(f"{source.description} holds clean images but no degradation is configured")
+        self.source = source
+        self.degradation = degradation
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
+        gt, lq = self.source.read(index)
+        degradation_type = 0
+        if lq is None:
+            assert self.degradation is not None
+            scale = self.degradation.scale
+            gt = gt[:, : gt.shape[1] - gt.shape[1] % scale, : gt.shape[2] - gt.shape[2] % scale]
+            degraded, types = self.degradation(gt[None], _generator(self.seed, index))
+            lq, degradation_type = degraded[0], int(types[0])
+        return {
+            "lq": lq,
+            "gt": gt,
+            "index": index,
+            "name": self.source.name(index),
+            "label": self.source.label(index),
+            "type": degradation_type,
+        }
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Endless batches of stream positions for one rank, starting at ``start_step``."""
+
+    def __init__(self, *, batch_size: int, rank: int = 0, world_size: int = 1, start_step: int = 0) -> None:
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.start_step = start_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            first = (step * self.world_size + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+            step += 1
+
+
+class ShardSampler(Sampler[int]):
+    """A contiguous 1/world_size share of ``range(length)``, without the padding of DistributedSampler.
+
+    Shards may differ in size by one; metrics are summed over ranks, so every image counts once.
+    """
+
+    def __init__(self, length: int, *, rank: int = 0, world_size: int = 1) -> None:
+        self.start = length * rank // world_size
+        self.stop = length * (rank + 1) // world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start

@@ -1,0 +1,425 @@
+"""Image sources: which images a split holds, where they are, and how to read one.
+
+A source is cheap to construct (Hydra builds it from the config); it touches the disk only in
+:meth:`ImageSource.scan`, which the datamodule calls in ``setup``. After the scan it knows every
+image's name, size and class label. Three kinds:
+
+- clean images (``paired = False``): :class:`EmbeddedPhotos`, :class:`ImageFolder`; the
+  degraded input is synthesized (on the training device for training, per image with a fixed
+  seed for validation);
+- paired images (``paired = True``): :class:`PairedFolders` (LQ and GT files matched by key) and
+  :class:`SIDDBlocks` (the SIDD benchmark's ``.mat`` block files).
+
+Bad input raises a one-line :class:`~restoration.errors.DataError` naming the path, or, with
+``skip_bad_files``, is skipped with a warning that counts what was skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from restoration.data.io import IMAGE_EXTENSIONS, image_size, list_images, read_image
+from restoration.errors import ConfigError, DataError
+
+__all__ = [
+    "EMBEDDED_SPLITS",
+    "EmbeddedPhotos",
+    "ImageFolder",
+    "ImageSource",
+    "PairedFolders",
+    "SIDDBlocks",
+]
+
+log = logging.getLogger(__name__)
+
+# The colour photos shipped inside scikit-image, and its grayscale photos (read as RGB). Synthetic
+# images (chessboards, phantom, logo, horse silhouette), the motion-blurred clock and the 102-px
+# microaneurysms crop are left out: they are not clean natural images. The stereo pair
+# motorcycle_left/right is kept together in training so no validation view leaks into training.
+EMBEDDED_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": (
+        "astronaut.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "motorcycle_right.png",
+        "hubble_deep_field.jpg",
+        "retina.jpg",
+        "ihc.png",
+        "color.png",
+        "moon.png",
+        "coins.png",
+        "grass.png",
+        "brick.png",
+        "page.png",
+        "text.png",
+        "cell.png",
+    ),
+    "val": ("chelsea.png", "coffee.png", "camera.png", "gravel.png"),
+}
+
+_SCAN_THREADS = 8
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    gt: Path | int
+    lq: Path | int | None
+    label: int
+    size: tuple[int, int]  # (height, width) of the GT image
+
+
+class ImageSource:
+    """Base class: an indexed collection of GT images (and LQ images when ``paired``)."""
+
+    paired: bool = False
+    description: str = "images"
+
+    def __init__(self) -> None:
+        self._entries: list[_Entry] | None = None
+        self.classes: tuple[str, ...] = ()
+
+    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
+        """Find the images and read their sizes; ``decode`` also decodes every file once."""
+        raise NotImplementedError
+
+    @property
+    def entries(self) -> list[_Entry]:
+        if self._entries is None:
+            raise RuntimeError(f"{self.description}: call scan() before using the source")
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def name(self, index: int) -> str:
+        return self.entries[index].name
+
+    def label(self, index: int) -> int:
+        return self.entries[index].label
+
+    def size(self, index: int) -> tuple[int, int]:
+        return self.entries[index].size
+
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(GT, LQ or None) as 3×H×W float32 tensors in [0, 1]."""
+        entry = self.entries[index]
+        lq = None if entry.lq is None else read_image(entry.lq)
+        return read_image(entry.gt), lq
+
+    def _checked(
+        self, entries: list[_Entry], *, skip_bad_files: bool, decode: bool
+    ) -> list[tuple[_Entry, tuple[int, int] | None]]:
+        """Read every file's header (or decode it): entries with their GT size, and the LQ size.
+
+        Raises on the first bad file, or skips bad files with one warning that counts them.
+        """
+
+        def check(entry: _Entry) -> tuple[_Entry, tuple[int, int] | None] | str:
+            try:
+                sizes = [
+                    None if path is None or not isinstance(path, Path) else _size(path, decode)
+                    for path in (entry.gt, entry.lq)
+                ]
+            except DataError as error:
+                return str(error)
+            gt_size = sizes[0] if sizes[0] is not None else entry.size
+            return _Entry(entry.name, entry.gt, entry.lq, entry.label, gt_size), sizes[1]
+
+        with ThreadPoolExecutor(_SCAN_THREADS) as pool:
+            results = list(pool.map(check, entries))
+        errors = [result for result in results if isinstance(result, str)]
+        if errors and not skip_bad_files:
+            more = f" (and {len(errors) - 1} more bad files)" if len(errors) > 1 else ""
+            raise DataError(f"{errors[0]}{more}; set datamodule.skip_bad_files=true to skip unreadable files")
+        if errors:
+            log.warning(
+                "%s: skipped %d of %d unreadable files, e.g. %s",
+                self.description,
+                len(errors),
+                len(entries),
+                errors[0],
+            )
+        kept = [result for result in results if not isinstance(result, str)]
+        if not kept:
+            raise DataError(f"{self.description}: none of the {len(entries)} files could be read")
+        return kept
+
+
+def _size(path: Path, decode: bool) -> tuple[int, int]:
+    if not decode:
+        return image_size(path)
+    height, width = read_image(path).shape[1:]
+    return height, width
+
+
+class EmbeddedPhotos(ImageSource):
+    """The photos that ship inside scikit-image: the offline default dataset (see ``EMBEDDED_SPLITS``)."""
+
+    def __init__(self, *, split: str = "train") -> None:
+        super().__init__()
+        if split not in EMBEDDED_SPLITS:
+            raise ConfigError(
+                f"embedded split {split!r} is unknown; expected one of {sorted(EMBEDDED_SPLITS)}"
+            )
+        self.split = split
+        self.description = f"embedded photos ({split})"
+
+    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
+        import skimage.data
+
+        root = Path(skimage.data.data_dir)
+        entries = []
+        for file_name in EMBEDDED_SPLITS[self.split]:
+            path = root / file_name
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: embedded photo missing; reinstall scikit-image (pip install scikit-image)"
+                )
+            entries.append(_Entry(Path(file_name).stem, path, None, -1, (0, 0)))
+        self._entries = [
+            entry for entry, _ in self._checked(entries, skip_bad_files=skip_bad_files, decode=decode)
+        ]
+
+
+def _hash_fraction(text: str) -> float:
+    """A stable number in [0, 1) for a relative path: the hold-out split survives added files."""
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big") / 2**64
+
+
+class ImageFolder(ImageSource):
+    """Clean images under ``root`` (recursive), optionally with class sub-folders as labels.
+
+    Args:
+        root: the folder; images anywhere below it (png, jpg, jpeg, bmp, tif, tiff, webp).
+        pattern: glob relative to ``root`` selecting the files.
+        class_folders: ``"auto"`` gives class labels (sorted first-level sub-folder names, as in
+            an ImageNet layout ``root/<class>/<image>``) when every image lies in such a
+            sub-folder; ``True`` requires that layout; ``False`` gives no labels (-1).
+        part: ``"all"`` images, or the ``"train"`` / ``"holdout"`` side of a split that puts a
+            file in the hold-out with probability ``holdout`` by a hash of its relative path.
+        holdout: fraction of files held out when ``part`` is ``"train"`` or ``"holdout"``.
+        max_images: keep only the first N files (sorted by path) after the split.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        pattern: str = "**/*",
+        class_folders: bool | str = "auto",
+        part: str = "all",
+        holdout: float = 0.0,
+        max_images: int | None = None,
+    ) -> None:
+        super().__init__()
+        if part not in ("all", "train", "holdout"):
+            raise ConfigError(f"ImageFolder part={part!r}; expected 'all', 'train' or 'holdout'")
+        if part != "all" and not 0.0 < holdout < 1.0:
+            raise ConfigError(
+                f"ImageFolder holdout={holdout} with part={part!r}; expected a fraction in (0, 1)"
+            )
+        if class_folders not in (True, False, "auto"):
+            raise ConfigError(f"ImageFolder class_folders={class_folders!r}; expected true, false or 'auto'")
+        self.root = Path(root)
+        self.pattern = pattern
+        self.class_folders = class_folders
+        self.part = part
+        self.holdout = holdout
+        self.max_images = max_images
+        self.description = f"{root}" if part == "all" else f"{root} ({part} part)"
+
+    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
+        files = _find_images(
+            self.root, self.pattern, "clean images, optionally in class sub-folders root/<class>/"
+        )
+        relative = [path.relative_to(self.root) for path in files]
+        in_subfolders = all(len(rel.parts) > 1 for rel in relative)
+        if self.class_folders is True and not in_subfolders:
+            loose = next(rel for rel in relative if len(rel.parts) == 1)
+            raise DataError(
+                f"{self.root}: class_folders=true but {loose} is not inside a class sub-folder; "
+                "expected root/<class>/<image>"
+            )
+        if self.class_folders is not False and in_subfolders:
+            self.classes = tuple(sorted({rel.parts[0] for rel in relative}))
+        class_index = {name: i for i, name in enumerate(self.classes)}
+        entries = []
+        for path, rel in zip(files, relative, strict=True):
+            if self.part != "all" and (_hash_fraction(rel.as_posix()) < self.holdout) != (
+                self.part == "holdout"
+            ):
+                continue
+            label = class_index[rel.parts[0]] if self.classes else -1
+            entries.append(_Entry(rel.with_suffix("").as_posix(), path, None, label, (0, 0)))
+        if self.max_images is not None:
+            entries = entries[: self.max_images]
+        if not entries:
+            raise DataError(f"{self.description}: the {self.part} part is empty; raise holdout or add images")
+        self._entries = [
+            entry for entry, _ in self._checked(entries, skip_bad_files=skip_bad_files, decode=decode)
+        ]
+
+
+class PairedFolders(ImageSource):
+    """Degraded (LQ) and ground-truth (GT) images in two folders, matched by a key.
+
+    The key of a file is its path relative to its folder, without the extension, or, with
+    ``key_regex``, the concatenated groups (or the whole match) of that regex searched in it:
+    e.g. ``(\\d+)$`` pairs LOL-v2's ``low00001.png`` with ``normal00001.png``.
+
+    Args:
+        lq_dir: folder of degraded images.
+        gt_dir: folder of ground-truth images (may equal ``lq_dir`` with different patterns).
+        lq_pattern: glob relative to ``lq_dir`` selecting LQ files.
+        gt_pattern: glob relative to ``gt_dir`` selecting GT files.
+        key_regex: regex that extracts the matching key from the relative path (posix, no extension).
+        scale: GT size / LQ size (super-resolution pairs); 1 means equal sizes.
+    """
+
+    paired = True
+
+    def __init__(
+        self,
+        *,
+        lq_dir: str,
+        gt_dir: str,
+        lq_pattern: str = "**/*",
+        gt_pattern: str = "**/*",
+        key_regex: str | None = None,
+        scale: int = 1,
+    ) -> None:
+        super().__init__()
+        self.lq_dir = Path(lq_dir)
+        self.gt_dir = Path(gt_dir)
+        self.lq_pattern = lq_pattern
+        self.gt_pattern = gt_pattern
+        try:
+            self.key_regex = None if key_regex is None else re.compile(key_regex)
+        except re.error as error:
+            raise ConfigError(f"key_regex {key_regex!r} is not a valid regular expression: {error}") from None
+        if scale < 1:
+            raise ConfigError(f"PairedFolders scale={scale}; expected an integer >= 1")
+        self.scale = scale
+        self.description = f"pairs {lq_dir} -> {gt_dir}"
+
+    def _keyed(self, folder: Path, pattern: str, role: str) -> dict[str, Path]:
+        files = _find_images(folder, pattern, f"{role} images matched to the other folder by file name")
+        keyed: dict[str, Path] = {}
+        for path in files:
+            key = self._key(path.relative_to(folder).with_suffix("").as_posix(), path)
+            if key in keyed:
+                raise DataError(
+                    f"{path} and {keyed[key]} both have the key {key!r}; keys must be unique per folder"
+                )
+            keyed[key] = path
+        return keyed
+
+    def _key(self, relative: str, path: Path) -> str:
+        if self.key_regex is None:
+            return relative
+        match = self.key_regex.search(relative)
+        if match is None:
+            raise DataError(f"{path}: key_regex {self.key_regex.pattern!r} does not match {relative!r}")
+        return "".join(group for group in match.groups() if group) if match.groups() else match.group(0)
+
+    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
+        lq = self._keyed(self.lq_dir, self.lq_pattern, "degraded (LQ)")
+        gt = self._keyed(self.gt_dir, self.gt_pattern, "ground-truth (GT)")
+        lq_only, gt_only = sorted(lq.keys() - gt.keys()), sorted(gt.keys() - lq.keys())
+        if lq_only or gt_only:
+            raise DataError(
+                f"{self.description}: unmatched files: "
+                + "; ".join(
+                    f"{len(names)} {role} without {other} ({_preview(names)})"
+                    for names, role, other in ((lq_only, "LQ", "GT"), (gt_only, "GT", "LQ"))
+                    if names
+                )
+            )
+        entries = [_Entry(key, gt[key], lq[key], -1, (0, 0)) for key in sorted(gt)]
+        checked = []
+        for entry, lq_size in self._checked(entries, skip_bad_files=skip_bad_files, decode=decode):
+            gt_size = entry.size
+            assert lq_size is not None
+            if gt_size != (lq_size[0] * self.scale, lq_size[1] * self.scale):
+                expected = "the same size" if self.scale == 1 else f"GT = {self.scale} × LQ"
+                raise DataError(
+                    f"size mismatch: {entry.lq} is {lq_size[1]}×{lq_size[0]} but {entry.gt} is "
+                    f"{gt_size[1]}×{gt_size[0]} (width×height); expected {expected}"
+                )
+            checked.append(entry)
+        self._entries = checked
+
+
+class SIDDBlocks(ImageSource):
+    """The SIDD sRGB validation/benchmark blocks: 40 images × 32 blocks of 256×256 in two ``.mat`` files.
+
+    Abdelhamed et al., "A High-Quality Denoising Dataset for Smartphone Cameras", CVPR 2018. The
+    files are ``ValidationNoisyBlocksSrgb.mat`` / ``ValidationGtBlocksSrgb.mat`` as downloaded
+    (variables of the same names, uint8 arrays of shape 40×32×256×256×3).
+    """
+
+    paired = True
+
+    def __init__(self, *, noisy_mat: str, gt_mat: str) -> None:
+        super().__init__()
+        self.noisy_mat = Path(noisy_mat)
+        self.gt_mat = Path(gt_mat)
+        self.description = f"SIDD blocks {noisy_mat}"
+        self._noisy: torch.Tensor | None = None
+        self._gt: torch.Tensor | None = None
+
+    @staticmethod
+    def _load(path: Path) -> torch.Tensor:
+        import scipy.io
+
+        if not path.is_file():
+            raise DataError(f"{path}: file not found; expected the SIDD block file as downloaded")
+        try:
+            variables = scipy.io.loadmat(path)
+        except Exception as error:
+            raise DataError(f"{path}: cannot read the .mat file ({error})") from None
+        arrays = [value for key, value in variables.items() if not key.startswith("__")]
+        if len(arrays) != 1 or arrays[0].ndim != 5 or arrays[0].shape[-1] != 3:
+            shapes = [getattr(value, "shape", None) for value in arrays]
+            raise DataError(f"{path}: expected one uint8 array of shape images×blocks×H×W×3, found {shapes}")
+        blocks = torch.from_numpy(arrays[0])
+        return blocks.reshape(-1, *blocks.shape[2:])
+
+    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
+        self._noisy, self._gt = self._load(self.noisy_mat), self._load(self.gt_mat)
+        if self._noisy.shape != self._gt.shape:
+            raise DataError(
+                f"size mismatch: {self.noisy_mat} holds {tuple(self._noisy.shape)} but {self.gt_mat} holds "
+                f"{tuple(self._gt.shape)}"
+            )
+        height, width = self._gt.shape[1:3]
+        self._entries = [_Entry(f"{i:04d}", i, i, -1, (height, width)) for i in range(len(self._gt))]
+
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        assert self._gt is not None and self._noisy is not None
+        to_float = lambda blocks: blocks[index].permute(2, 0, 1).float().div(255.0)  # noqa: E731
+        return to_float(self._gt), to_float(self._noisy)
+
+
+def _find_images(folder: Path, pattern: str, expected: str) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found; expected a folder of {expected}")
+    files = list_images(folder, pattern=pattern)
+    if not files:
+        extensions = ", ".join(IMAGE_EXTENSIONS)
+        raise DataError(f"{folder}: no images match {pattern!r} ({extensions}); expected {expected}")
+    return files
+
+
+def _preview(names: Sequence[str], shown: int = 5) -> str:
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
