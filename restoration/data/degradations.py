@@ -1,0 +1,1000 @@
+"""Batched, on-device synthesis of degraded images from clean ones.
+
+Every operation takes a float batch ``N×3×H×W`` in ``[0, 1]`` on any device and a ``torch.Generator`` on that
+device, draws its own parameters for each sample, and returns ``(degraded, type_ids)``. All randomness comes
+from the generator, so a seed reproduces a batch bit for bit (splats are accumulated in fixed point for that
+reason: CUDA's atomic float adds are unordered).
+
+What each operation implements, and where it comes from:
+
+- :class:`BicubicDownsample` — MATLAB's ``imresize(img, 1/s, 'bicubic')`` (Keys, "Cubic convolution
+  interpolation for digital image processing", IEEE TASSP 1981, a = -0.5), the degradation of the SR
+  benchmarks since Timofte et al. (ACCV 2014) and of IPT (Chen et al., "Pre-Trained Image Processing
+  Transformer", CVPR 2021). ``method="matlab"`` builds MATLAB's per-output-pixel weights (kernel widened by
+  ``s`` for anti-aliasing, symmetric boundary, weights normalised per output pixel) as two dense matrices and
+  applies them with matmuls: it equals MATLAB up to float32 rounding (MATLAB computes in double and, on uint8
+  input, rounds; ``quantize=True`` does that rounding). ``method="torch"`` is ``F.interpolate(mode="bicubic",
+  antialias=True)``, which follows PIL: same kernel and width, but near the borders it drops the taps that
+  fall outside the image and renormalises the rest instead of mirroring the image. The two differ only within
+  a few pixels of the border; experiments/bench/README.md gives the measured difference on a photo.
+- :class:`GaussianNoise`, :class:`PoissonNoise`, :class:`PoissonGaussianNoise` — additive white Gaussian noise
+  as in DnCNN (Zhang et al., TIP 2017), photon shot noise and the Poisson-Gaussian sensor model of Foi et al.
+  ("Practical Poissonian-Gaussian noise modeling and fitting for single-image raw-data", TIP 2008).
+- :class:`RainStreaks` — procedural additive streaks in the spirit of Rain100L/H (Yang et al., "Deep joint
+  rain detection and removal from a single image", CVPR 2017): sparse seeds splatted along short lines, then
+  blurred.
+- :class:`MotionBlur` — random camera-shake trajectories after Boracchi and Foi ("Modeling the performance of
+  image restoration from motion blur", TIP 2012); :class:`GaussianBlur` — isotropic and anisotropic Gaussian
+  kernels as in Real-ESRGAN (Wang et al., ICCVW 2021); :class:`DefocusBlur` — an anti-aliased disk.
+- :class:`JPEG` — real libjpeg through torchvision (nvjpeg on CUDA), or kornia's differentiable approximation
+  (Reich et al., "Differentiable JPEG: The devil is in the details", WACV 2024).
+- :class:`Haze` — the atmospheric scattering model of Koschmieder, as used to build RESIDE (Li et al., TIP
+  2019).
+- :class:`LowLight` — gamma darkening plus Poisson-Gaussian noise, a synthetic stand-in for LOL (Wei et al.,
+  "Deep Retinex decomposition for low-light enhancement", BMVC 2018).
+- :class:`RandomCompose` — a random chain of operations per sample (Real-ESRGAN-style mixtures);
+  :class:`AllInOne` — one degradation type per sample with its type id, for all-in-one restoration (ConStyle
+  v2, PromptIR).
+
+Ranges are given as a fixed value or ``[lo, hi]`` and are drawn uniformly per sample. Noise levels are on the
+0-255 scale as in the papers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+
+import kornia
+import torch
+import torch.nn.functional as F
+import torchvision.io
+from torch import Tensor
+
+from restoration.errors import ConfigError
+
+__all__ = [
+    "JPEG",
+    "AllInOne",
+    "BicubicDownsample",
+    "DefocusBlur",
+    "Degradation",
+    "GaussianBlur",
+    "GaussianNoise",
+    "Haze",
+    "Identity",
+    "LowLight",
+    "MotionBlur",
+    "PoissonGaussianNoise",
+    "PoissonNoise",
+    "RainStreaks",
+    "RandomCompose",
+]
+
+# Kernels at least this wide are applied through the FFT: on the 2-core CPU the direct grouped convolution
+# wins below it and loses above it for 16×3×256×256 batches (experiments/bench/README.md, "direct vs FFT").
+_FFT_MIN_KERNEL = 25
+# Splats are summed as integers in units of 2**-24 so that the sum does not depend on the order of CUDA's
+# atomics.
+_SPLAT_UNIT = 2.0**24
+
+
+# argument parsing
+
+
+def _as_range(
+    value: float | Sequence[float],
+    *,
+    arg: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    integer: bool = False,
+) -> tuple[float, float]:
+    """Parse a fixed value or a ``[lo, hi]`` pair into ``(lo, hi)``, checking ``low <= lo <= hi <= high``."""
+    kind = "integer" if integer else "number"
+    if isinstance(value, bool | str):
+        raise ConfigError(f"{arg} must be a {kind} or a [lo, hi] pair, got {value!r}")
+    if isinstance(value, Sequence):
+        if len(value) != 2:
+            raise ConfigError(
+                f"{arg} must be a {kind} or a [lo, hi] pair, got {len(value)} values: {list(value)}"
+            )
+        lo, hi = value
+    else:
+        lo = hi = value
+    for bound in (lo, hi):
+        if isinstance(bound, bool) or not isinstance(bound, int | float):
+            raise ConfigError(f"{arg} must be a {kind} or a [lo, hi] pair, got {value!r}")
+        if integer and float(bound) != int(bound):
+            raise ConfigError(f"{arg} must hold integers, got {value!r}")
+    if not lo <= hi:
+        raise ConfigError(f"{arg} must be [lo, hi] with lo <= hi, got [{lo}, {hi}]")
+    if lo < low or hi > high:
+        raise ConfigError(f"{arg} must lie in [{low}, {high}], got [{lo}, {hi}]")
+    return (int(lo), int(hi)) if integer else (float(lo), float(hi))
+
+
+def _as_optional_range(
+    value: float | Sequence[float] | None, *, arg: str, low: float = -math.inf, high: float = math.inf
+) -> tuple[float, float] | None:
+    return None if value is None else _as_range(value, arg=arg, low=low, high=high)
+
+
+def _as_odd_range(value: int | Sequence[int], *, arg: str) -> tuple[int, int]:
+    lo, hi = _as_range(value, arg=arg, low=1, integer=True)
+    if lo % 2 == 0 or hi % 2 == 0:
+        raise ConfigError(f"{arg} must be odd (the kernel needs a centre pixel), got [{lo}, {hi}]")
+    return lo, hi
+
+
+def _as_probability(value: float, *, arg: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{arg} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _as_name(name: str) -> tuple[str, ...]:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"name must be a non-empty string, got {name!r}")
+    return (name,)
+
+
+# random draws and shared tensor helpers
+
+
+def _uniform(bounds: tuple[float, float], n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    lo, hi = bounds
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+def _randint(bounds: tuple[int, int], n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    lo, hi = bounds
+    return torch.randint(lo, hi + 1, (n,), generator=generator, device=device)
+
+
+def _odd_sizes(bounds: tuple[int, int], n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Odd kernel sizes drawn uniformly from ``lo, lo + 2, ..., hi``."""
+    lo, hi = bounds
+    return lo + 2 * torch.randint(0, (hi - lo) // 2 + 1, (n,), generator=generator, device=device)
+
+
+def _centred_grid(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pixel offsets ``(y, x)`` from the centre of a ``size×size`` kernel, each of shape ``1×size×size``."""
+    axis = torch.arange(size, device=device, dtype=torch.float32) - (size - 1) / 2
+    return axis.view(1, size, 1).expand(1, size, size), axis.view(1, 1, size).expand(1, size, size)
+
+
+def _normalise(kernels: Tensor) -> Tensor:
+    return kernels / kernels.sum(dim=(-2, -1), keepdim=True)
+
+
+def _border(images: Tensor, kernel_size: int) -> str:
+    # reflect padding needs the pad to be shorter than the image side; tiny validation crops fall back to
+    # replicate
+    return "reflect" if kernel_size // 2 < min(images.shape[-2:]) else "replicate"
+
+
+def _filter_per_sample(images: Tensor, kernels: Tensor, *, method: str = "auto") -> Tensor:
+    """Correlate each sample with its own ``k×k`` kernel (``N×k×k``), reflect padding, same output size.
+
+    ``method`` is ``"direct"`` (grouped convolution), ``"fft"`` or ``"auto"`` (the faster one for the size).
+    """
+    size = kernels.shape[-1]
+    border = _border(images, size)
+    if method == "direct" or (method == "auto" and size < _FFT_MIN_KERNEL):
+        return kornia.filters.filter2d(images, kernels, border_type=border)
+    # kornia.filters.fft_conv transforms the kernel once per channel; once per sample is enough
+    pad = size // 2
+    padded = F.pad(images, (pad, pad, pad, pad), mode=border)
+    # zero-padding to a 5-smooth length keeps the FFT fast (256 + 26 = 282 = 2·3·47 is three times slower)
+    shape = (_fft_length(padded.shape[-2]), _fft_length(padded.shape[-1]))
+    kernel_spectrum = torch.fft.rfft2(kernels.flip(-2, -1), s=shape)
+    filtered = torch.fft.irfft2(torch.fft.rfft2(padded, s=shape) * kernel_spectrum[:, None], s=shape)
+    # the circular wrap-around only reaches the first size - 1 rows and columns, which are cropped
+    height, width = images.shape[-2:]
+    return filtered[..., size - 1 : size - 1 + height, size - 1 : size - 1 + width].contiguous()
+
+
+def _fft_length(length: int) -> int:
+    """The smallest 2^a·3^b·5^c that is at least ``length``."""
+    best = 2 ** math.ceil(math.log2(length))
+    power_5 = 1
+    while power_5 < best:
+        power_35 = power_5
+        while power_35 < best:
+            candidate = power_35 * 2 ** max(0, math.ceil(math.log2(length / power_35)))
+            best = min(best, candidate)
+            power_35 *= 3
+        power_5 *= 5
+    return best
+
+
+def _gaussian_kernels(sigma: Tensor, *, size: int, radius: Tensor | None = None) -> Tensor:
+    """Normalised 1-D Gaussians ``N×size``, one per ``sigma`` (``N``), cut to ``|offset| <= radius``."""
+    offsets = torch.arange(size, device=sigma.device, dtype=torch.float32) - (size - 1) / 2
+    kernels = torch.exp(-0.5 * (offsets / sigma[:, None]) ** 2)
+    if radius is not None:
+        kernels = kernels * (offsets.abs() <= radius[:, None])
+    return kernels / kernels.sum(dim=1, keepdim=True)
+
+
+def _filter_separable(images: Tensor, kernels: Tensor) -> Tensor:
+    """Filter each sample (``N×C×H×W``) with the outer product of its own 1-D kernel (``N×k``) with itself."""
+    n, c, h, w = images.shape
+    size = kernels.shape[-1]
+    pad = (size // 2, size // 2, 0, 0)
+    border = _border(images, size)
+    weight = kernels.repeat_interleave(c, dim=0)[:, None, None, :]
+    # Both passes filter along rows: oneDNN's depthwise convolution is 2-3 times slower with a k×1 kernel than
+    # with a 1×k one on a CPU. Padding the transposed rows writes the transpose for free.
+    rows = F.conv2d(F.pad(images, pad, mode=border).view(1, n * c, h, -1), weight, groups=n * c)
+    columns = F.conv2d(F.pad(rows.transpose(-2, -1), pad, mode=border), weight, groups=n * c)
+    return columns.transpose(-2, -1).reshape(n, c, h, w)
+
+
+def _splat_bilinear(y: Tensor, x: Tensor, weight: Tensor, *, height: int, width: int) -> Tensor:
+    """Scatter-add weighted points ``(N, P)`` at sub-pixel positions into ``N×height×width`` canvases.
+
+    Each point is shared among its four neighbouring pixels (bilinear splatting); points outside the canvas
+    are dropped.
+    """
+    n, device = y.shape[0], y.device
+    # a 2-pixel margin catches the neighbours of points just outside the canvas and is cropped away; points
+    # further out are clamped into it first, so no per-corner bounds test is needed
+    margin = 2
+    padded_height, padded_width = height + 2 * margin, width + 2 * margin
+    y = y.clamp(-margin, height + margin - 2)
+    x = x.clamp(-margin, width + margin - 2)
+    top, left = y.floor(), x.floor()
+    below, right = y - top, x - left
+    above, left_share = 1 - below, 1 - right
+    shares = torch.stack([above * left_share, above * right, below * left_share, below * right])
+    amounts = (shares * weight).mul_(_SPLAT_UNIT).round_().long()
+    start = (top.long() + margin) * padded_width + (left.long() + margin)
+    start += torch.arange(n, device=device).view(n, 1) * (padded_height * padded_width)
+    corners = torch.tensor([0, 1, padded_width, padded_width + 1], device=device).view(4, 1, 1)
+    canvas = torch.zeros(n * padded_height * padded_width, dtype=torch.int64, device=device)
+    canvas.scatter_add_(0, (start + corners).flatten(), amounts.flatten())
+    canvas = canvas.view(n, padded_height, padded_width)[:, margin : margin + height, margin : margin + width]
+    return canvas.float().div_(_SPLAT_UNIT)
+
+
+def _check_batch(images: Tensor, generator: torch.Generator) -> None:
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"expected images of shape N×3×H×W, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"expected float images in [0, 1], got dtype {images.dtype}; convert with x.float() / 255"
+        )
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"expected a torch.Generator, got {type(generator).__name__}")
+    if torch.device(generator.device) != images.device:
+        raise ValueError(
+            f"generator is on {generator.device} but images are on {images.device}; "
+            f"create it with torch.Generator(device=images.device)"
+        )
+
+
+# base class
+
+
+class Degradation:
+    """Base class. ``images``: float32 ``N×3×H×W`` in ``[0, 1]`` on any device.
+
+    Subclasses implement :meth:`apply`; calling the object checks the batch and adds the per-sample type ids.
+    """
+
+    names: tuple[str, ...] = ("none",)
+    """Degradation type names; the position of a name is its type id."""
+    scale: int = 1
+    """Spatial down-sampling factor of the output (only super-resolution ops have one above 1)."""
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Degrade a float32 batch without checking it; compositions call this on subsets of their batch."""
+        raise NotImplementedError
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Return ``(degraded N×3×H/s×W/s float32 in [0, 1], type_ids int64 N)`` on ``images.device``."""
+        _check_batch(images, generator)
+        if images.shape[0] == 0:
+            empty = images.new_empty(_scaled_shape(images, self.scale), dtype=torch.float32)
+            return empty, torch.zeros(0, dtype=torch.int64, device=images.device)
+        degraded, type_ids = self._degrade(images.float(), generator)
+        return degraded.contiguous(), type_ids
+
+    def _degrade(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        type_ids = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)
+        return self.apply(images, generator), type_ids
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(names={self.names}, scale={self.scale})"
+
+
+class Identity(Degradation):
+    """The clean image itself, as a type of its own in all-in-one mixtures."""
+
+    def __init__(self, *, name: str = "none") -> None:
+        """
+        Args:
+            name: the type name.
+        """
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return images.clone()
+
+
+# super-resolution
+
+
+def _cubic(distance: Tensor) -> Tensor:
+    """Keys' cubic convolution kernel with a = -0.5, as in MATLAB's imresize."""
+    d = distance.abs()
+    near = 1.5 * d**3 - 2.5 * d**2 + 1
+    far = -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2
+    return torch.where(d <= 1, near, torch.where(d <= 2, far, torch.zeros_like(d)))
+
+
+@functools.lru_cache(maxsize=32)
+def _matlab_resize_matrix(in_length: int, scale: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """MATLAB's ``imresize(x, 1/scale, 'bicubic')`` along one axis, as an ``(n/scale)×n`` matrix.
+
+    Follows MATLAB's ``contributions``: output pixel ``i`` (1-based) maps to input coordinate
+    ``u = i·s + (1 - s)/2``, the cubic kernel is stretched by ``s`` so that it low-passes, taps that fall
+    outside the image are mirrored back in (``symmetric`` padding), and each row is normalised to sum to one.
+    """
+    out_length = in_length // scale
+    centres = torch.arange(1, out_length + 1, dtype=torch.float64) * scale + 0.5 * (1 - scale)
+    kernel_width = 4.0 * scale
+    first = torch.floor(centres - kernel_width / 2)
+    taps = math.ceil(kernel_width) + 2
+    indices = first[:, None] + torch.arange(taps, dtype=torch.float64)
+    weights = _cubic((centres[:, None] - indices) / scale) / scale
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    mirror = torch.cat([torch.arange(in_length), torch.arange(in_length - 1, -1, -1)])
+    columns = mirror[(indices.long() - 1) % (2 * in_length)]
+    matrix = torch.zeros(out_length, in_length, dtype=torch.float64).scatter_add_(1, columns, weights)
+    return matrix.to(device=device, dtype=dtype)
+
+
+class BicubicDownsample(Degradation):
+    """Bicubic ×s down-sampling, the SR benchmark degradation (see the module docstring for MATLAB parity)."""
+
+    def __init__(
+        self, *, scale: int, method: str = "matlab", quantize: bool = False, name: str | None = None
+    ) -> None:
+        """
+        Args:
+            scale: down-sampling factor, 2, 3 or 4; H and W of the input must be multiples of it.
+            method: ``"matlab"`` (MATLAB imresize, symmetric borders) or ``"torch"`` (F.interpolate with
+                antialias, PIL-style borders).
+            quantize: round the output to 8-bit levels, as MATLAB does for uint8 input and as the stored LR
+                images of the SR benchmarks are.
+            name: the type name, ``bicubic_x{scale}`` by default.
+        """
+        if scale not in (2, 3, 4):
+            raise ConfigError(f"scale must be 2, 3 or 4, got {scale!r}")
+        if method not in ("matlab", "torch"):
+            raise ConfigError(f"method must be 'matlab' or 'torch', got {method!r}")
+        self.scale = scale
+        self.method = method
+        self.quantize = bool(quantize)
+        self.names = _as_name(f"bicubic_x{scale}" if name is None else name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        height, width = images.shape[-2:]
+        if height % self.scale or width % self.scale:
+            raise ValueError(
+                f"image size {height}×{width} is not a multiple of the scale {self.scale}; "
+                f"crop it to {height - height % self.scale}×{width - width % self.scale} first"
+            )
+        if self.method == "matlab":
+            rows = _matlab_resize_matrix(height, self.scale, images.device, images.dtype)
+            columns = _matlab_resize_matrix(width, self.scale, images.device, images.dtype)
+            low = rows @ images @ columns.T
+        else:
+            size = (height // self.scale, width // self.scale)
+            low = F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False)
+        low = low.clamp(0, 1)
+        return low.mul(255).round().div(255) if self.quantize else low
+
+
+# noise
+
+
+class GaussianNoise(Degradation):
+    """Additive white Gaussian noise, colour or (with ``gray_prob``) the same on all channels."""
+
+    def __init__(
+        self,
+        *,
+        sigma: float | Sequence[float],
+        gray_prob: float = 0.0,
+        clip: bool = True,
+        name: str = "gaussian_noise",
+    ) -> None:
+        """
+        Args:
+            sigma: noise standard deviation on the 0-255 scale, fixed or ``[lo, hi]`` drawn per sample.
+            gray_prob: probability that a sample gets one noise field shared by its three channels.
+            clip: clamp the result to [0, 1]. ``False`` keeps the unclipped noisy values of the classic AWGN
+                benchmarks; it is the one way an op returns values outside [0, 1].
+            name: the type name.
+        """
+        self.sigma = _as_range(sigma, arg="sigma", low=0)
+        self.gray_prob = _as_probability(gray_prob, arg="gray_prob")
+        self.clip = bool(clip)
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        sigma = _uniform(self.sigma, n, generator, device).div_(255).view(n, 1, 1, 1)
+        gray = torch.nonzero(torch.rand(n, generator=generator, device=device) < self.gray_prob).flatten()
+        noise = torch.randn(images.shape, generator=generator, device=device)
+        noise[gray] = noise[gray, :1].expand(-1, 3, -1, -1)
+        # in place on the fresh noise buffer: this op is memory-bound on a CPU
+        noisy = noise.mul_(sigma).add_(images)
+        return noisy.clamp_(0, 1) if self.clip else noisy
+
+
+def _poisson_gaussian(
+    images: Tensor,
+    peak: tuple[float, float] | None,
+    read_sigma: tuple[float, float] | None,
+    generator: torch.Generator,
+) -> Tensor:
+    """Shot noise ``Poisson(x·peak)/peak`` followed by Gaussian read noise (sigma on the 0-255 scale)."""
+    n, device = images.shape[0], images.device
+    noisy = images
+    if peak is not None:
+        photons = _uniform(peak, n, generator, device).view(n, 1, 1, 1)
+        noisy = torch.poisson(noisy.clamp(min=0) * photons, generator=generator) / photons
+    if read_sigma is not None:
+        sigma = _uniform(read_sigma, n, generator, device).div_(255).view(n, 1, 1, 1)
+        noise = torch.randn(images.shape, generator=generator, device=device)
+        noisy = noise.mul_(sigma).add_(noisy)
+    return noisy.clamp(0, 1)
+
+
+class PoissonNoise(Degradation):
+    """Photon shot noise: ``Poisson(x·peak) / peak``, so the variance of a pixel is ``x / peak``."""
+
+    def __init__(self, *, peak: float | Sequence[float], name: str = "poisson_noise") -> None:
+        """
+        Args:
+            peak: expected photon count of a white pixel, fixed or ``[lo, hi]`` per sample (lower is noisier).
+            name: the type name.
+        """
+        self.peak = _as_range(peak, arg="peak", low=1e-3)
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return _poisson_gaussian(images, self.peak, None, generator)
+
+
+class PoissonGaussianNoise(Degradation):
+    """Shot noise plus Gaussian read noise: pixel variance ``x / peak + (sigma/255)²`` (Foi et al., 2008)."""
+
+    def __init__(
+        self,
+        *,
+        peak: float | Sequence[float],
+        sigma: float | Sequence[float],
+        name: str = "poisson_gaussian_noise",
+    ) -> None:
+        """
+        Args:
+            peak: expected photon count of a white pixel, fixed or ``[lo, hi]`` per sample.
+            sigma: read-noise standard deviation on the 0-255 scale, fixed or ``[lo, hi]`` per sample.
+            name: the type name.
+        """
+        self.peak = _as_range(peak, arg="peak", low=1e-3)
+        self.sigma = _as_range(sigma, arg="sigma", low=0)
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return _poisson_gaussian(images, self.peak, self.sigma, generator)
+
+
+# rain
+
+# Numbers picked by eye on 256×256 crops to resemble Rain100L (sparse, thin, faint, near-vertical) and
+# Rain100H (dense, long, bright, slanted). Lengths and widths are in pixels; density is streaks per pixel;
+# angles are in degrees from the vertical; width is the sigma of the Gaussian that thickens the streaks;
+# brightness is the intensity an isolated streak adds at its core.
+_RAIN_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
+    "light": {
+        "density": (0.001, 0.003),
+        "length": (8.0, 20.0),
+        "angle": (-15.0, 15.0),
+        "width": (0.4, 0.8),
+        "brightness": (0.3, 0.6),
+    },
+    "heavy": {
+        "density": (0.004, 0.008),
+        "length": (20.0, 40.0),
+        "angle": (-35.0, 35.0),
+        "width": (0.6, 1.2),
+        "brightness": (0.5, 0.9),
+    },
+}
+# the largest deviation in degrees of a streak from its image's dominant angle
+_RAIN_JITTER = {"light": 2.0, "heavy": 5.0}
+
+
+class RainStreaks(Degradation):
+    """Additive rain streaks: seeds splatted along short lines, thickened by a small Gaussian blur.
+
+    Per image: a streak count ``density·H·W``, a dominant angle, a width and a brightness; per streak: a
+    position, a length and the dominant angle plus a small jitter. Each streak is rasterised by bilinear
+    splatting of points one pixel apart with a sine taper towards its ends (scatter-add, the same as blurring
+    the seed along a line but without a dense convolution), so the layer costs O(number of streak pixels).
+    """
+
+    def __init__(
+        self,
+        *,
+        preset: str = "light",
+        density: float | Sequence[float] | None = None,
+        length: float | Sequence[float] | None = None,
+        angle: float | Sequence[float] | None = None,
+        width: float | Sequence[float] | None = None,
+        brightness: float | Sequence[float] | None = None,
+        angle_jitter: float | None = None,
+        name: str = "rain",
+    ) -> None:
+        """
+        Args:
+            preset: ``"light"`` (Rain100L-like) or ``"heavy"`` (Rain100H-like); other arguments override it.
+            density: streaks per pixel, per image.
+            length: streak length in pixels, per streak.
+            angle: dominant angle in degrees from the vertical, per image.
+            width: sigma in pixels of the Gaussian that thickens the streaks, per image.
+            brightness: intensity an isolated streak adds at its core, per image.
+            angle_jitter: maximum deviation in degrees of a streak from its image's dominant angle.
+            name: the type name.
+        """
+        if preset not in _RAIN_PRESETS:
+            raise ConfigError(f"preset must be one of {sorted(_RAIN_PRESETS)}, got {preset!r}")
+        defaults = _RAIN_PRESETS[preset]
+        self.preset = preset
+        self.density = _as_range(
+            defaults["density"] if density is None else density, arg="density", low=0, high=1
+        )
+        self.length = _as_range(defaults["length"] if length is None else length, arg="length", low=0)
+        self.angle = _as_range(defaults["angle"] if angle is None else angle, arg="angle", low=-90, high=90)
+        self.width = _as_range(defaults["width"] if width is None else width, arg="width", low=0.1, high=10)
+        self.brightness = _as_range(
+            defaults["brightness"] if brightness is None else brightness, arg="brightness", low=0, high=1
+        )
+        jitter = _RAIN_JITTER[preset] if angle_jitter is None else angle_jitter
+        self.angle_jitter = _as_range(jitter, arg="angle_jitter", low=0, high=90)[0]
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, height, width = images.shape
+        device = images.device
+        max_streaks = max(1, math.ceil(self.density[1] * height * width))
+        count = (_uniform(self.density, n, generator, device) * height * width).round()
+        active = torch.arange(max_streaks, device=device) < count[:, None]
+        dominant = torch.deg2rad(_uniform(self.angle, n, generator, device))
+        jitter = math.radians(self.angle_jitter) * (
+            2 * torch.rand(n, max_streaks, generator=generator, device=device) - 1
+        )
+        angle = dominant[:, None] + jitter
+        length = _uniform(self.length, n * max_streaks, generator, device).view(n, max_streaks)
+        centre_y = torch.rand(n, max_streaks, generator=generator, device=device) * height - 0.5
+        centre_x = torch.rand(n, max_streaks, generator=generator, device=device) * width - 0.5
+        # points at most a pixel apart; weighting each by the spacing gives every streak a unit line density
+        steps = math.ceil(self.length[1]) + 2
+        along = torch.linspace(-0.5, 0.5, steps, device=device)
+        offset = length[..., None] * along
+        taper = torch.sin(math.pi * (along + 0.5))
+        weight = (length / (steps - 1) * active)[..., None] * taper
+        streaks = _splat_bilinear(
+            (centre_y[..., None] + offset * torch.cos(angle)[..., None]).flatten(1),
+            (centre_x[..., None] + offset * torch.sin(angle)[..., None]).flatten(1),
+            weight.flatten(1),
+            height=height,
+            width=width,
+        )
+        sigma = _uniform(self.width, n, generator, device)
+        kernels = _gaussian_kernels(sigma, size=2 * math.ceil(3 * self.width[1]) + 1)
+        layer = _filter_separable(streaks[:, None], kernels)
+        # across a streak the splat is a unit-area triangle (variance 1/6); the blur lowers its peak to 1/core
+        core = torch.sqrt(2 * math.pi * (sigma**2 + 1 / 6)).view(n, 1, 1, 1)
+        brightness = _uniform(self.brightness, n, generator, device).view(n, 1, 1, 1)
+        return (images + brightness * (layer * core).clamp(max=1)).clamp(0, 1)
+
+
+# blur
+
+
+class MotionBlur(Degradation):
+    """Camera-shake blur along random trajectories (Boracchi and Foi, TIP 2012), one kernel per sample.
+
+    A trajectory is a constant-speed random walk with inertia: its heading drifts by Gaussian turns and, with
+    a small probability per step, jumps by about 180° (the "big shakes" of the paper). The walk is scaled to
+    the drawn path length, shrunk if its extent exceeds the kernel, centred, rasterised into the kernel grid
+    by bilinear splatting (scatter-add) and normalised to sum to one.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_size: int | Sequence[int],
+        length: float | Sequence[float] = (0.5, 1.0),
+        anxiety: float | Sequence[float] = (0.0, 0.5),
+        name: str = "motion_blur",
+    ) -> None:
+        """
+        Args:
+            kernel_size: odd kernel side, fixed or ``[lo, hi]`` (odd sizes drawn per sample).
+            length: path length of the trajectory as a fraction of ``kernel_size - 1``, per sample.
+            anxiety: Boracchi and Foi's shake intensity in [0, 1], per sample: 0 is a straight line, 1 a
+                wiggly path with frequent reversals.
+            name: the type name.
+        """
+        self.kernel_size = _as_odd_range(kernel_size, arg="kernel_size")
+        self.length = _as_range(length, arg="length", low=0, high=4)
+        self.anxiety = _as_range(anxiety, arg="anxiety", low=0, high=1)
+        self.names = _as_name(name)
+
+    def kernels(self, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        """Draw ``n`` trajectory kernels on a common ``k×k`` grid, ``k`` the largest kernel size."""
+        grid = self.kernel_size[1]
+        steps = 2 * grid + 1  # about two points per pixel of path
+        size = _odd_sizes(self.kernel_size, n, generator, device).float()
+        anxiety = _uniform(self.anxiety, n, generator, device)[:, None]
+        path = _uniform(self.length, n, generator, device) * (size - 1)
+        heading = 2 * math.pi * torch.rand(n, 1, generator=generator, device=device)
+        turns = 0.5 * anxiety * torch.randn(n, steps - 1, generator=generator, device=device)
+        shake_rate = 0.2 * anxiety * torch.rand(n, 1, generator=generator, device=device)
+        shakes = torch.rand(n, steps - 1, generator=generator, device=device) < shake_rate
+        reversal = math.pi + torch.rand(n, steps - 1, generator=generator, device=device) - 0.5
+        heading = heading + torch.cumsum(turns + shakes * reversal, dim=1)
+        step = (path / (steps - 1))[:, None]
+        start = torch.zeros(n, 1, device=device)
+        y = torch.cat([start, torch.cumsum(step * torch.sin(heading), dim=1)], dim=1)
+        x = torch.cat([start, torch.cumsum(step * torch.cos(heading), dim=1)], dim=1)
+        extent = torch.maximum(y.amax(1) - y.amin(1), x.amax(1) - x.amin(1))
+        shrink = torch.clamp((size - 1) / extent.clamp(min=1e-6), max=1)[:, None]
+        centre = (grid - 1) / 2
+        y = (y - (y.amax(1, keepdim=True) + y.amin(1, keepdim=True)) / 2) * shrink + centre
+        x = (x - (x.amax(1, keepdim=True) + x.amin(1, keepdim=True)) / 2) * shrink + centre
+        weight = torch.full_like(y, 1 / steps)
+        return _normalise(_splat_bilinear(y, x, weight, height=grid, width=grid))
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        kernels = self.kernels(images.shape[0], generator, images.device)
+        return _filter_per_sample(images, kernels).clamp_(0, 1)
+
+
+class GaussianBlur(Degradation):
+    """Gaussian blur, isotropic or (with ``anisotropic_prob``) anisotropic with a random rotation.
+
+    Kernels are truncated to each sample's odd size and normalised. Batches with only isotropic kernels take
+    the separable path, which is several times faster on a CPU.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_size: int | Sequence[int],
+        sigma: float | Sequence[float],
+        anisotropic_prob: float = 0.0,
+        name: str = "gaussian_blur",
+    ) -> None:
+        """
+        Args:
+            kernel_size: odd kernel side, fixed or ``[lo, hi]`` (odd sizes drawn per sample).
+            sigma: standard deviation in pixels, fixed or ``[lo, hi]``; anisotropic kernels draw each axis's
+                sigma from it.
+            anisotropic_prob: probability that a sample's kernel is anisotropic with a uniform rotation.
+            name: the type name.
+        """
+        self.kernel_size = _as_odd_range(kernel_size, arg="kernel_size")
+        self.sigma = _as_range(sigma, arg="sigma", low=1e-3)
+        self.anisotropic_prob = _as_probability(anisotropic_prob, arg="anisotropic_prob")
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        grid = self.kernel_size[1]
+        radius = ((_odd_sizes(self.kernel_size, n, generator, device) - 1) / 2).view(n, 1, 1)
+        sigma_x = _uniform(self.sigma, n, generator, device).view(n, 1, 1)
+        sigma_y = _uniform(self.sigma, n, generator, device).view(n, 1, 1)
+        rotation = math.pi * torch.rand(n, 1, 1, generator=generator, device=device)
+        anisotropic = torch.rand(n, 1, 1, generator=generator, device=device) < self.anisotropic_prob
+        if not bool(anisotropic.any()):
+            kernels = _gaussian_kernels(sigma_x.view(n), size=grid, radius=radius.view(n))
+            return _filter_separable(images, kernels).clamp_(0, 1)
+        sigma_y = torch.where(anisotropic, sigma_y, sigma_x)
+        rotation = torch.where(anisotropic, rotation, torch.zeros_like(rotation))
+        y, x = _centred_grid(grid, device)
+        along = torch.cos(rotation) * x + torch.sin(rotation) * y
+        across = -torch.sin(rotation) * x + torch.cos(rotation) * y
+        support = (y.abs() <= radius) & (x.abs() <= radius)
+        kernels = torch.exp(-0.5 * ((along / sigma_x) ** 2 + (across / sigma_y) ** 2)) * support
+        return _filter_per_sample(images, _normalise(kernels)).clamp(0, 1)
+
+
+class DefocusBlur(Degradation):
+    """Out-of-focus blur: an anti-aliased disk (edge pixels weighted by their approximate coverage)."""
+
+    def __init__(self, *, radius: float | Sequence[float], name: str = "defocus_blur") -> None:
+        """
+        Args:
+            radius: disk radius in pixels, fixed or ``[lo, hi]`` per sample; 0 leaves the image unchanged.
+            name: the type name.
+        """
+        self.radius = _as_range(radius, arg="radius", low=0)
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        grid = 2 * math.ceil(self.radius[1]) + 1
+        radius = _uniform(self.radius, n, generator, device).view(n, 1, 1)
+        y, x = _centred_grid(grid, device)
+        coverage = (radius + 0.5 - torch.sqrt(y**2 + x**2)).clamp(0, 1)
+        return _filter_per_sample(images, _normalise(coverage)).clamp_(0, 1)
+
+
+# compression
+
+
+class JPEG(Degradation):
+    """JPEG compression at a per-sample integer quality."""
+
+    def __init__(self, *, quality: int | Sequence[int], backend: str = "codec", name: str = "jpeg") -> None:
+        """
+        Args:
+            quality: libjpeg quality in [1, 100], fixed or ``[lo, hi]`` (integers drawn per sample).
+            backend: ``"codec"`` encodes and decodes with libjpeg through torchvision (nvjpeg for CUDA
+                tensors), the real artefacts; ``"kornia"`` uses ``kornia.enhance.jpeg_codec_differentiable``,
+                a differentiable approximation that runs as tensor ops. On CUDA, torchvision's nvjpeg encoder
+                keeps full-resolution chroma (4:4:4) where libjpeg subsamples it (4:2:0), so GPU and CPU
+                artefacts differ slightly.
+            name: the type name.
+        """
+        self.quality = _as_range(quality, arg="quality", low=1, high=100, integer=True)
+        if backend not in ("codec", "kornia"):
+            raise ConfigError(f"backend must be 'codec' or 'kornia', got {backend!r}")
+        self.backend = backend
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        quality = _randint(self.quality, images.shape[0], generator, images.device)
+        if self.backend == "kornia":
+            return kornia.enhance.jpeg_codec_differentiable(images.clamp(0, 1), quality.float()).clamp(0, 1)
+        # one H×W×3 copy for the whole batch: encode_jpeg wants channels last and copies each image otherwise
+        pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        qualities = quality.tolist()
+        decoded: list[Tensor | None] = [None] * len(qualities)
+        # torchvision takes one quality per call: encode the samples that share a quality together
+        for value in sorted(set(qualities)):
+            index = [i for i, q in enumerate(qualities) if q == value]
+            encoded = torchvision.io.encode_jpeg([pixels[i].permute(2, 0, 1) for i in index], quality=value)
+            # decode_jpeg reads the bytes from host memory, also when it decodes on the GPU
+            group = torchvision.io.decode_jpeg(
+                [data.cpu() for data in encoded], mode=torchvision.io.ImageReadMode.RGB, device=images.device
+            )
+            for i, image in zip(index, group, strict=True):
+                decoded[i] = image
+        return torch.stack(decoded).float().div_(255)
+
+
+# haze and low light
+
+# The depth proxy: a 4×4 random field, bicubic-upsampled (smooth blobs of near and far), mixed with a vertical
+# ramp (far at the top, as in most outdoor photos). The ramp dominates so that the sky side is the hazier one.
+_HAZE_FIELD_SIZE = 4
+_HAZE_RAMP_WEIGHT = 0.6
+
+
+class Haze(Degradation):
+    """Atmospheric scattering ``I = J·t + A·(1 - t)``, ``t = exp(-beta·d)``, with a random smooth depth ``d``.
+
+    ``d`` lies in [0, 1] and is ``0.6·ramp + 0.4·field``, where ``ramp`` goes from 1 at the top row to 0 at
+    the bottom and ``field`` is a bicubic-upsampled 4×4 uniform random field, drawn per sample.
+    """
+
+    def __init__(
+        self, *, beta: float | Sequence[float], airlight: float | Sequence[float], name: str = "haze"
+    ) -> None:
+        """
+        Args:
+            beta: scattering coefficient per unit of depth, fixed or ``[lo, hi]`` per sample.
+            airlight: global atmospheric light A (gray), fixed or ``[lo, hi]`` per sample.
+            name: the type name.
+        """
+        self.beta = _as_range(beta, arg="beta", low=0)
+        self.airlight = _as_range(airlight, arg="airlight", low=0, high=1)
+        self.names = _as_name(name)
+
+    def depth(
+        self, n: int, height: int, width: int, generator: torch.Generator, device: torch.device
+    ) -> Tensor:
+        """Draw ``n`` smooth depth maps ``N×1×H×W`` in [0, 1], far (1) towards the top."""
+        field = torch.rand(n, 1, _HAZE_FIELD_SIZE, _HAZE_FIELD_SIZE, generator=generator, device=device)
+        field = F.interpolate(field, size=(height, width), mode="bicubic", align_corners=False)
+        ramp = torch.linspace(1, 0, height, device=device).view(1, 1, height, 1)
+        return (_HAZE_RAMP_WEIGHT * ramp + (1 - _HAZE_RAMP_WEIGHT) * field).clamp(0, 1)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, height, width = images.shape
+        device = images.device
+        depth = self.depth(n, height, width, generator, device)
+        beta = _uniform(self.beta, n, generator, device).view(n, 1, 1, 1)
+        airlight = _uniform(self.airlight, n, generator, device).view(n, 1, 1, 1)
+        transmission = torch.exp(-beta * depth)
+        return (images * transmission + airlight * (1 - transmission)).clamp(0, 1)
+
+
+class LowLight(Degradation):
+    """Under-exposure: ``brightness·x**gamma`` followed by signal-dependent Poisson-Gaussian sensor noise.
+
+    The defaults map a typical well-exposed mean of 0.45 to about 0.014-0.15 (0.06 in the middle of the
+    ranges), the range of LOL's low-light inputs (mean about 0.05) against its references (about 0.45); gamma
+    > 1 darkens the shadows more than the highlights, as a shorter exposure followed by a camera tone curve
+    does. With the darkened signal near 0.06, ``peak`` in [50, 500] gives shot noise of about 3-9 gray levels
+    and the read noise adds 1-4, visible noise of the strength seen in LOL's dark images.
+    """
+
+    def __init__(
+        self,
+        *,
+        gamma: float | Sequence[float] = (1.5, 2.5),
+        brightness: float | Sequence[float] = (0.1, 0.5),
+        peak: float | Sequence[float] | None = (50.0, 500.0),
+        read_sigma: float | Sequence[float] | None = (1.0, 4.0),
+        name: str = "low_light",
+    ) -> None:
+        """
+        Args:
+            gamma: exponent of the darkening curve, per sample.
+            brightness: factor after the curve, per sample (not called ``scale``: that is the
+                spatial factor of every degradation).
+            peak: photon count of a white pixel for the shot noise, per sample; ``None`` for no shot noise.
+            read_sigma: Gaussian read noise on the 0-255 scale, per sample; ``None`` for none.
+            name: the type name.
+        """
+        self.gamma = _as_range(gamma, arg="gamma", low=0.1, high=10)
+        self.brightness = _as_range(brightness, arg="brightness", low=0, high=1)
+        self.peak = _as_optional_range(peak, arg="peak", low=1e-3)
+        self.read_sigma = _as_optional_range(read_sigma, arg="read_sigma", low=0)
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        gamma = _uniform(self.gamma, n, generator, device).view(n, 1, 1, 1)
+        brightness = _uniform(self.brightness, n, generator, device).view(n, 1, 1, 1)
+        dark = brightness * images.clamp(0, 1) ** gamma
+        return _poisson_gaussian(dark, self.peak, self.read_sigma, generator)
+
+
+# compositions
+
+
+def _scaled_shape(images: Tensor, scale: int) -> tuple[int, int, int, int]:
+    n, c, height, width = images.shape
+    return n, c, height // scale, width // scale
+
+
+class RandomCompose(Degradation):
+    """A chain of degradations, each applied to a random subset of the batch.
+
+    Each sample takes op ``i`` with probability ``p[i]``; the op runs once on the gathered subset and the
+    result is scattered back. With ``shuffle`` the order of the ops is drawn anew for every batch. At most one
+    op may down-sample (scale > 1); it must have ``p = 1`` so that the batch keeps one size, and it sets the
+    output scale.
+    """
+
+    def __init__(
+        self,
+        *,
+        ops: Sequence[Degradation],
+        p: float | Sequence[float] = 1.0,
+        shuffle: bool = False,
+        name: str = "random_mix",
+    ) -> None:
+        """
+        Args:
+            ops: the degradations, in the order they are applied unless ``shuffle``.
+            p: probability of each op per sample, one for all or one per op.
+            shuffle: apply the ops in a random order (one order per batch).
+            name: the type name.
+        """
+        ops = list(ops)
+        if not ops or not all(isinstance(op, Degradation) for op in ops):
+            raise ConfigError(f"ops must be a non-empty list of Degradation objects, got {ops!r}")
+        probs = [p] * len(ops) if isinstance(p, int | float) and not isinstance(p, bool) else list(p)
+        if len(probs) != len(ops):
+            raise ConfigError(f"p must be one probability or one per op ({len(ops)}), got {len(probs)}")
+        probs = [_as_probability(value, arg="p") for value in probs]
+        scaling = [(op, prob) for op, prob in zip(ops, probs, strict=True) if op.scale != 1]
+        if len(scaling) > 1:
+            raise ConfigError(
+                f"at most one op may change the scale, got {[op.names[0] for op, _ in scaling]}"
+            )
+        if scaling and scaling[0][1] != 1.0:
+            raise ConfigError(
+                f"the scale-changing op {scaling[0][0].names[0]} needs p = 1, got {scaling[0][1]}"
+            )
+        self.ops = ops
+        self.p = probs
+        self.shuffle = bool(shuffle)
+        self.scale = scaling[0][0].scale if scaling else 1
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        order = range(len(self.ops))
+        if self.shuffle:
+            order = torch.randperm(len(self.ops), generator=generator, device=device).tolist()
+        degraded = images
+        for position in order:
+            op, prob = self.ops[position], self.p[position]
+            if op.scale != 1:
+                degraded = op.apply(degraded, generator)
+                continue
+            chosen = torch.rand(n, generator=generator, device=device) < prob
+            index = torch.nonzero(chosen).flatten()
+            if index.numel() == n:
+                degraded = op.apply(degraded, generator)
+            elif index.numel() > 0:
+                degraded = degraded.clone()
+                degraded[index] = op.apply(degraded[index], generator)
+        return degraded if degraded is not images else images.clone()
+
+
+class AllInOne(Degradation):
+    """One degradation type per sample, drawn with ``weights``; ``names`` are the mapping's keys.
+
+    Calling it returns each sample's type id (its position in ``names``), which all-in-one models use as a
+    label or a prompt target.
+    """
+
+    def __init__(self, *, ops: Mapping[str, Degradation], weights: Sequence[float] | None = None) -> None:
+        """
+        Args:
+            ops: type name → degradation, in type-id order.
+            weights: relative frequency of each type (any non-negative numbers, not all zero); uniform if
+                ``None``.
+        """
+        if not isinstance(ops, Mapping) or not ops:
+            raise ConfigError(f"ops must be a non-empty mapping of name -> Degradation, got {ops!r}")
+        for key, op in ops.items():
+            if not isinstance(op, Degradation):
+                raise ConfigError(f"ops[{key!r}] must be a Degradation, got {type(op).__name__}")
+        weights = [1.0] * len(ops) if weights is None else list(weights)
+        if len(weights) != len(ops):
+            raise ConfigError(f"weights must have one entry per op ({len(ops)}), got {len(weights)}")
+        if (
+            any(isinstance(w, bool) or not isinstance(w, int | float) or w < 0 for w in weights)
+            or sum(weights) <= 0
+        ):
+            raise ConfigError(f"weights must be non-negative numbers, not all zero, got {weights}")
+        scales = {op.scale for op in ops.values()}
+        if len(scales) != 1:
+            raise ConfigError(f"all ops must share one scale, got {sorted(scales)}")
+        self.ops = [ops[key] for key in ops]
+        self.names = tuple(str(key) for key in ops)
+        self.weights = [float(w) for w in weights]
+        self.scale = scales.pop()
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return self._degrade(images, generator)[0]
+
+    def _degrade(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        n, device = images.shape[0], images.device
+        weights = torch.tensor(self.weights, device=device)
+        type_ids = torch.multinomial(weights, n, replacement=True, generator=generator)
+        degraded = images.new_empty(_scaled_shape(images, self.scale))
+        for type_id, op in enumerate(self.ops):
+            index = torch.nonzero(type_ids == type_id).flatten()
+            if index.numel() > 0:
+                degraded[index] = op.apply(images[index], generator)
+        return degraded, type_ids
