@@ -1,0 +1,1 @@
+"""Pure ``nn.Module`` networks: no Lightning, Hydra, logging or file I/O."""

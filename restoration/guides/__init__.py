@@ -1,0 +1,1 @@
+"""Frozen pre-trained feature extractors ("guides") that condition a restoration network."""

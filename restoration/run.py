@@ -1,0 +1,369 @@
+"""Entry point: compose the Hydra config, build the run, fit and/or test, write ``results.json``.
+
+    python -m restoration.run experiment=restore_embedded_denoise
+    python -m restoration.run experiment=restore_embedded_denoise trainer=smoke
+    python -m restoration.run -m experiment=restore_embedded_denoise seed=1,2,3
+    python -m restoration.run experiment=restore_embedded_denoise ckpt_path=last   # resume
+
+Expected mistakes (bad config values, missing or corrupt data) end the run with a one-line
+error and exit status 1; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from restoration.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, RNGState
+from restoration.errors import ConfigError, RestorationError, TrainingDiverged
+
+__all__ = ["main", "resolve_checkpoint", "run"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+# Folders this process claimed, so every resolution of hydra.run.dir in it gives the same one.
+_CLAIMED_FOLDERS: dict[str, str] = {}
+
+
+def _run_stamp(parent: str = "") -> str:
+    """The run folder's name: a timestamp, or one name shared by all processes of a cluster job.
+
+    The timestamped folder is claimed under ``parent`` with an atomic ``mkdir``; when another
+    run took it in the same second, a ``-1``, ``-2``... suffix is added, so no run writes into
+    another's folder.
+
+    Processes started by ``srun`` or torchrun each compose the config themselves, at slightly
+    different times, so they take the job's id instead: ``slurm-<job>[_<array task>].<step>``
+    (a requeued job reuses it, so Lightning finds its own SLURM checkpoint) or
+    ``torchrun-<run id>``. Lightning's own DDP launcher passes the parent's folder to its children.
+    """
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_STEP_ID"):
+        array_task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        job = os.environ["SLURM_JOB_ID"] + (f"_{array_task}" if array_task else "")
+        return f"slurm-{job}.{os.environ['SLURM_STEP_ID']}"
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if not parent:
+        return stamp
+    if parent not in _CLAIMED_FOLDERS:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for suffix in itertools.count():
+            candidate = stamp if suffix == 0 else f"{stamp}-{suffix}"
+            try:
+                (Path(parent) / candidate).mkdir()
+            except FileExistsError:
+                continue
+            _CLAIMED_FOLDERS[parent] = candidate
+            break
+    return _CLAIMED_FOLDERS[parent]
+
+
+def _rank_suffix() -> str:
+    """``""`` for the first (or only) process, ``"_rank<N>"`` for the other ranks of a cluster launch.
+
+    Under srun / torchrun every rank composes the config and logs into the shared run folder;
+    each gets its own log file. (Lightning's own launcher names its children's logs itself.)
+    """
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    return "" if rank == "0" else f"_rank{rank}"
+
+
+def _data_scale(*, _root_: DictConfig) -> int:
+    """GT / LQ size ratio of the configured data: the paired sources' ``scale``, else the degradation's.
+
+    Backbones read it (``upscale: ${data_scale:}``), so choosing x3 data picks a x3 network.
+    """
+    for split in ("train", "val", "test"):
+        source = OmegaConf.select(_root_, f"datamodule.{split}")
+        if isinstance(source, DictConfig) and "scale" in source:
+            return int(source.scale)
+    return int(OmegaConf.select(_root_, "degradation.scale", default=1))
+
+
+OmegaConf.register_new_resolver("run_stamp", _run_stamp, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
+OmegaConf.register_new_resolver("data_scale", _data_scale, replace=True)
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: ``None``, a file, or ``"last"`` = the newest ``last.ckpt`` of this ``task_name``."""
+    requested = cfg.get("ckpt_path")
+    if requested is None:
+        return None
+    if requested != "last":
+        path = Path(requested)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={requested}: file not found")
+        return str(path)
+    runs = Path(cfg.paths.log_dir) / cfg.task_name
+    current = Path(cfg.paths.output_dir).resolve()
+    candidates = [
+        path for path in runs.glob("**/checkpoints/last.ckpt") if current not in path.resolve().parents
+    ]
+    if not candidates:
+        raise ConfigError(
+            f"ckpt_path=last: no last.ckpt under {runs} (earlier runs of task_name={cfg.task_name}); "
+            "start the run without ckpt_path first, or pass ckpt_path=/path/to/file.ckpt"
+        )
+    newest = max(candidates, key=lambda path: path.stat().st_mtime)
+    log.info("resuming from %s", newest)
+    return str(newest)
+
+
+def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[str]:
+    """Keys left at ``???``, found without resolving interpolations (the ``hydra`` node is skipped)."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        if prefix == "" and key == "hydra":
+            continue
+        full_key = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            yield full_key
+        elif not OmegaConf.is_interpolation(node, key):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig | ListConfig) and not child._is_none():
+                yield from _missing_keys(child, f"{full_key}.")
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict-valued group (loggers, callbacks)."""
+    if not group:
+        return []
+    return [
+        instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+def _hydra_choices() -> dict[str, str | None]:
+    if not HydraConfig.initialized():
+        return {}
+    return {
+        group: option for group, option in HydraConfig.get().runtime.choices.items() if "hydra/" not in group
+    }
+
+
+# Set by Lightning's DDP launcher in the parent process; a later job of the same sweep must not inherit them.
+_DDP_ENVIRONMENT = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def _ddp_sweep_job(world_size: int) -> Iterator[None]:
+    """Let each job of a ``-m`` sweep launch and tear down its own DDP processes.
+
+    Lightning starts ranks 1.. by re-running ``sys.argv`` with ``hydra.run.dir`` set to the
+    parent's run folder. Under ``-m`` that command line is the whole sweep, so for the duration of
+    the job it is replaced by the job's own overrides, and ``hydra.run.dir`` by the job's folder:
+    every rank then writes into its job's one output directory. Afterwards the process group and
+    the launcher's environment variables are removed, so the next job starts fresh ranks.
+    """
+    if world_size == 1 or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    run_node = HydraConfig.instance().cfg.hydra.run
+    saved_argv, saved_dir = sys.argv, run_node.dir
+    saved_environment = {name: os.environ.get(name) for name in _DDP_ENVIRONMENT}
+    flags = [arg for arg in sys.argv[1:] if arg not in ("-m", "--multirun") and "=" not in arg]
+    sys.argv = [sys.argv[0], *flags, *HydraConfig.get().overrides.task]
+    with read_write(run_node):
+        run_node.dir = HydraConfig.get().runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        with read_write(run_node):
+            run_node.dir = saved_dir
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {key: float(value) for key, value in sorted(metrics.items()) if key.startswith(prefix)}
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(content, indent=2, allow_nan=True) + "\n")
+    os.replace(temporary, path)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Build the run from ``cfg``, train and/or test, write ``results.json``; return the monitored metric."""
+    if not cfg.train and not cfg.test:
+        raise ConfigError("train=false and test=false: nothing to do")
+    # Hydra's instantiate passes a missing value (???) on as None; catch it here instead.
+    missing = sorted(_missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"missing config value {key}: set it on the command line, e.g. {key}=...")
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    log.info("output directory: %s", output_dir)
+
+    degradation = instantiate(cfg.degradation)
+    datamodule = instantiate(cfg.datamodule, degradation=degradation)
+    net = instantiate(cfg.backbone)
+    guide = {"guide": instantiate(cfg.guide)} if cfg.get("guide") else {}
+    stage = instantiate(cfg.stage, net=net, **guide)
+
+    # The config as plain containers, interpolations resolved, without Hydra's own node.
+    resolved = {
+        key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        for key, node in cfg.items()
+        if key != "hydra"
+    }
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), RNGState(), ConfigInCheckpoint(resolved)]
+    loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers and any(isinstance(callback, LearningRateMonitor) for callback in callbacks):
+        log.info("logger=none: the learning-rate monitor has nothing to write to and is left out")
+        callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+
+    ckpt_path = resolve_checkpoint(cfg)
+    results: dict[str, Any] = {
+        "experiment": _hydra_choices().get("experiment"),
+        "task_name": cfg.task_name,
+        "choices": _hydra_choices(),
+        "seed": cfg.get("seed"),
+        "output_dir": str(output_dir),
+        "resumed_from": ckpt_path if cfg.train else None,
+        "world_size": trainer.world_size,
+        "status": "running",
+    }
+    try:
+        with _ddp_sweep_job(trainer.world_size):
+            value = _fit_and_test(cfg, trainer, stage, datamodule, ckpt_path, results)
+    except BaseException as error:
+        if results["status"] == "running":
+            results["status"] = f"failed ({type(error).__name__})"
+        raise
+    finally:
+        if trainer.is_global_zero:
+            _write_json(output_dir / "results.json", results)
+            log.info("results: %s", output_dir / "results.json")
+        _finish_wandb(loggers)
+    return value
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    stage: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    ckpt_path: str | None,
+    results: dict[str, Any],
+) -> float | None:
+    """Train (then validate the final weights) and/or test; fill ``results`` as it goes."""
+    checkpoint = trainer.checkpoint_callback
+    if cfg.train:
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=ckpt_path)
+        results["global_step"] = trainer.global_step
+        if stage.diverged_at is not None:
+            step, loss = stage.diverged_at
+            last = checkpoint.last_model_path if checkpoint is not None else None
+            results.update(status="diverged", diverged_at_step=step, diverged_loss=loss, last_checkpoint=last)
+            raise TrainingDiverged(
+                f"training loss became {loss} at step {step}; stopped, last good checkpoint: {last or 'none'}"
+            )
+        if stage.last_validated_step != trainer.global_step:
+            trainer.validate(stage, datamodule=datamodule, verbose=False)
+        results["val"] = _metrics(trainer.callback_metrics, "val/")
+    if cfg.test:
+        test_ckpt = ckpt_path
+        if cfg.train:
+            test_ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        elif ckpt_path is None:
+            log.warning("test without training and without ckpt_path: testing a randomly initialised network")
+        (test_metrics,) = trainer.test(stage, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+        results["test"] = _metrics(test_metrics, "test/")
+        results["tested_checkpoint"] = test_ckpt
+
+    monitor = cfg.get("optimized_metric")
+    best = checkpoint.best_model_score if checkpoint is not None else None
+    value = float(best) if best is not None else results.get("val", {}).get(monitor)
+    if checkpoint is not None:
+        results["best"] = {
+            "metric": monitor,
+            "value": value,
+            "checkpoint": checkpoint.best_model_path or None,
+        }
+        results["last_checkpoint"] = checkpoint.last_model_path or None
+    results["status"] = "finished"
+    return value
+
+
+def _finish_wandb(loggers: list[Any]) -> None:
+    """Close W&B runs, so the next job of a multirun starts its own run."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message for an expected mistake, or ``None`` for a bug (which keeps its traceback)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, RestorationError):
+            text = str(seen)
+            # DataLoader workers re-raise with the worker's traceback in the message; keep its last line.
+            if "Original Traceback" in text:
+                text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+            return text
+        if isinstance(seen, InstantiationException) and isinstance(seen.__cause__, TypeError | ImportError):
+            return " ".join(line.strip() for line in str(seen).splitlines() if line.strip())
+        if isinstance(seen, OmegaConfBaseException) and not isinstance(seen, InstantiationException):
+            return str(seen).strip().splitlines()[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        value = run(cfg)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise
+        log.error("%s", message)
+        sys.exit(1)
+    return None if value is None or math.isnan(value) else value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LightningModules, one per training stage, on the shared base in ``base.py``."""

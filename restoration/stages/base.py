@@ -1,0 +1,282 @@
+"""The shared base of every training stage: what all stages do the same way.
+
+- optimisation of the trainable network only (frozen towers stay out of the optimizer),
+  per-iteration learning-rate schedules, and an EMA copy of the network (parameters and buffers);
+- a NaN/inf loss check that stops training cleanly at the bad step (see :meth:`checked_loss`);
+- validation and test on whole images: padding to the network's size multiple, optional tiling,
+  PSNR/SSIM (RGB and Y) through :class:`~restoration.metrics.ImageQuality` of the restored images
+  and, as the baseline, of the degraded inputs (``val/degraded/psnr``), and captioned
+  degraded | restored | ground-truth grids for a fixed set of images, written as PNG files under
+  ``<run dir>/images`` and sent to the loggers.
+
+A stage subclass implements ``training_step`` and, if its network takes more than the degraded
+image, overrides :meth:`RestorationStage.restore`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from restoration.archs.common import pad_to_multiple
+from restoration.errors import ConfigError
+from restoration.metrics import ImageQuality
+from restoration.tiling import tiled_forward
+from restoration.visualize import comparison_grid, log_images, save_png, to_uint8
+
+__all__ = ["EMA", "RestorationStage"]
+
+log = logging.getLogger(__name__)
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a network's parameters and floating-point buffers.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates (as
+    TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so early averages are not
+    dominated by the random initialisation. Integer buffers (e.g. BatchNorm's step counter) are copied.
+
+    Args:
+        net: the network to average; a frozen deep copy is kept as ``module``.
+        decay: the target decay, e.g. 0.999 as BasicSR / ConStyle v2.
+    """
+
+    def __init__(self, net: nn.Module, *, decay: float) -> None:
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"EMA decay={decay}; expected a number in (0, 1)")
+        self.decay = decay
+        self.module = copy.deepcopy(net).requires_grad_(False)
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        updates = int(self.num_updates)
+        decay = min(self.decay, (1 + updates) / (10 + updates))
+        averaged = list(self.module.parameters())
+        current = [param.detach() for param in net.parameters()]
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        for averaged_buffer, buffer in zip(self.module.buffers(), net.buffers(), strict=True):
+            if averaged_buffer.is_floating_point():
+                averaged_buffer.lerp_(buffer, 1.0 - decay)
+            else:
+                averaged_buffer.copy_(buffer)
+        self.num_updates += 1
+
+
+class RestorationStage(pl.LightningModule):
+    """Base LightningModule of the stages: a trainable restoration network ``net``.
+
+    Args:
+        net: the network being trained; it maps a degraded batch to a restored batch.
+        optimizer: ``_partial_`` optimizer factory (called with the trainable parameters).
+        scheduler: ``_partial_`` LR scheduler factory stepped every iteration, or ``None``.
+        ema_decay: decay of the EMA copy of ``net`` used for validation, test and the best
+            checkpoint; ``None`` disables the EMA.
+        crop_border: border pixels excluded from the metrics (the SR convention: the scale).
+        pad_multiple: pad whole images to this multiple before the forward pass; ``None`` uses the
+            network's ``size_multiple`` attribute (1 if it has none).
+        tile: run validation/test in tiles of this size (``None``: whole images at once).
+        tile_overlap: overlap of the tiles in pixels.
+        num_logged_images: how many validation images (the first ones) get a comparison grid.
+        save_test_images: write every restored test image as a PNG under ``images/test/restored``.
+    """
+
+    def __init__(
+        self,
+        *,
+        net: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
+        ema_decay: float | None = 0.999,
+        crop_border: int = 0,
+        pad_multiple: int | None = None,
+        tile: int | None = None,
+        tile_overlap: int = 32,
+        num_logged_images: int = 4,
+        save_test_images: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.ema = EMA(net, decay=ema_decay) if ema_decay is not None else None
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.pad_multiple = pad_multiple if pad_multiple is not None else getattr(net, "size_multiple", 1)
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.num_logged_images = num_logged_images
+        self.save_test_images = save_test_images
+        # "<split>_degraded" scores the degraded input itself (bicubic-enlarged for SR): the baseline
+        # every restored number is compared with, logged as <split>/degraded/psnr etc.
+        self.metrics = nn.ModuleDict(
+            {
+                name: ImageQuality(crop_border=crop_border)
+                for name in ("val", "test", "val_degraded", "test_degraded")
+            }
+        )
+        self.diverged_at: tuple[int, float] | None = None
+        self.last_validated_step: int | None = None
+        self._grids: list[tuple[int, str, np.ndarray, str]] = []
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """What the optimizer updates: the network's parameters that require gradients."""
+        return (param for param in self.net.parameters() if param.requires_grad)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(list(self.trainable_parameters()))
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def checked_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Return ``loss``, or ``None`` (skipping the optimizer step) and stop training if it is not finite.
+
+        The decision is taken jointly by all ranks, so DDP never waits on a rank that skipped.
+        The weights are those of the last good step; the checkpoint callback saves nothing after this.
+        """
+        finite = bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True))
+        if finite:
+            return loss
+        self.diverged_at = (self.global_step, float(loss.detach()))
+        log.error("non-finite training loss %s at step %d; stopping", self.diverged_at[1], self.global_step)
+        self.trainer.should_stop = True
+        return None
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+    # ---- inference --------------------------------------------------------------------------
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network used for validation and test: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def restore(self, degraded: torch.Tensor) -> torch.Tensor:
+        """Restore whole images: pad to the size multiple, optionally tile, crop back."""
+        net = self.eval_net
+
+        def forward(images: torch.Tensor) -> torch.Tensor:
+            height, width = images.shape[-2:]
+            padded = pad_to_multiple(images, self.pad_multiple)
+            restored = net(padded)
+            scale = restored.shape[-1] // padded.shape[-1]
+            return restored[..., : height * scale, : width * scale]
+
+        if self.tile is None:
+            return forward(degraded)
+        return tiled_forward(forward, degraded, tile=self.tile, overlap=self.tile_overlap)
+
+    # ---- validation and test ----------------------------------------------------------------
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+        self.last_validated_step = self.global_step
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _evaluate(self, batch: dict[str, Any], split: str) -> None:
+        degraded, target = batch["lq"], batch["gt"]
+        restored = self.restore(degraded).float().clamp(0, 1)
+        if restored.shape != target.shape:
+            raise ConfigError(
+                f"the network maps {tuple(degraded.shape[1:])} to {tuple(restored.shape[1:])} but the ground "
+                f"truth is {tuple(target.shape[1:])}: does the backbone's upscale match the data's scale?"
+            )
+        baseline = _as_large_as(degraded.float(), target)
+        self.metrics[split].update(restored, target)
+        self.metrics[f"{split}_degraded"].update(baseline, target)
+        output_dir = Path(self.trainer.default_root_dir)
+        for i, index in enumerate(batch["index"].tolist()):
+            name = batch["name"][i]
+            if split == "test" and self.save_test_images:
+                save_png(to_uint8(restored[i]), output_dir / "images" / "test" / "restored" / f"{name}.png")
+            if split == "val" and index < self.num_logged_images:
+                self._grids.append(
+                    (index, name, *self._grid(degraded[i], baseline[i], restored[i], target[i]))
+                )
+
+    def _grid(
+        self, degraded: torch.Tensor, baseline: torch.Tensor, restored: torch.Tensor, target: torch.Tensor
+    ) -> tuple[np.ndarray, str]:
+        before = self.metrics["val"].per_image(baseline[None], target[None])
+        after = self.metrics["val"].per_image(restored[None], target[None])
+        labels = [
+            f"degraded {before['psnr'].item():.2f} dB",
+            f"restored {after['psnr'].item():.2f} dB",
+            "ground truth",
+        ]
+        caption = (
+            f"PSNR {before['psnr'].item():.2f} -> {after['psnr'].item():.2f} dB, "
+            f"SSIM {before['ssim'].item():.4f} -> {after['ssim'].item():.4f}"
+        )
+        return comparison_grid([degraded, restored, target], labels), caption
+
+    def _finish_evaluation(self, split: str) -> None:
+        values = {f"{split}/{key}": value for key, value in self.metrics[split].compute().items()}
+        values |= {
+            f"{split}/degraded/{key}": value
+            for key, value in self.metrics[f"{split}_degraded"].compute().items()
+        }
+        for name in (split, f"{split}_degraded"):
+            self.metrics[name].reset()
+        self.log_dict(values, sync_dist=False)
+        if split != "val":
+            return
+        grids = sorted(_gather_objects(self._grids), key=lambda item: item[0])
+        self._grids = []
+        if not self.trainer.is_global_zero or not grids:
+            return
+        step = self.global_step
+        for _, name, image, _ in grids:
+            save_png(
+                image, Path(self.trainer.default_root_dir) / "images" / "val" / f"{name}_step{step:07d}.png"
+            )
+        log_images(
+            self.loggers,
+            key="val/images",
+            images=[image for _, _, image, _ in grids],
+            names=[name for _, name, _, _ in grids],
+            captions=[f"{name}: {caption}" for _, name, _, caption in grids],
+            step=step,
+        )
+
+
+def _as_large_as(degraded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The degraded input as a baseline at the target's size: bicubic up-sampling for super-resolution."""
+    if degraded.shape[-2:] == target.shape[-2:]:
+        return degraded
+    return F.interpolate(degraded, size=target.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _gather_objects(items: list[Any]) -> list[Any]:
+    """All ranks' items on every rank (DDP), or the items themselves in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, items)
+    return [item for rank_items in gathered for item in rank_items]

@@ -1,0 +1,78 @@
+"""Every config group option composes; experiment files follow the conventions; derived values are right."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+from lightning.pytorch import Trainer
+from omegaconf import OmegaConf
+
+from .conftest import CONF
+
+GROUPS = ("backbone", "callbacks", "datamodule", "debug", "degradation", "guide", "logger", "stage", "trainer")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(group, option) for group in GROUPS for option in _options(group) if option != "base"]
+)
+def test_option_composes_and_resolves(group: str, option: str, make_config) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "datamodule" and option != "embedded":
+        overrides.append("datamodule.root=/data")
+    cfg = make_config(*overrides)
+    node = cfg.get(group)  # debug options are global packages: no node of their own
+    if OmegaConf.is_config(node):
+        OmegaConf.to_container(node, resolve=True)  # every interpolation resolves
+    assert cfg.hydra.runtime.choices[group] == option
+
+
+@pytest.mark.parametrize("option", ["default", "cpu", "smoke", "ddp_cpu"])
+def test_cpu_trainers_instantiate(option: str, make_config) -> None:
+    cfg = make_config(f"trainer={option}")
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer, Trainer)
+    assert trainer.max_steps == (4 if option == "smoke" else cfg.max_steps)
+
+
+@pytest.mark.parametrize("option", ["csv", "tensorboard", "wandb"])
+def test_loggers_instantiate_offline(option: str, make_config) -> None:
+    cfg = make_config(f"logger={option}")
+    (logger,) = [instantiate(node) for node in cfg.logger.values()]
+    assert type(logger).__name__ == {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger", "wandb": "WandbLogger"}[option]
+
+
+def test_experiments_are_global_packages() -> None:
+    for path in (CONF / "experiment").glob("*.yaml"):
+        assert path.read_text().startswith("# @package _global_"), path.name
+
+
+def test_smoke_trainer_shortens_any_experiment(make_config) -> None:
+    cfg = make_config("experiment=restore_embedded_denoise", "trainer=smoke")
+    assert cfg.trainer.max_steps == 4 and cfg.stage.scheduler.total_steps == 4
+    cfg = make_config("experiment=restore_embedded_denoise")
+    assert cfg.trainer.max_steps == cfg.max_steps == 20000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "scale"),
+    [
+        ((), 1),
+        (("degradation=bicubic_x3",), 3),
+        (("experiment=restore_embedded_sr_x2",), 2),
+        (("degradation=lowlight",), 1),
+        (("datamodule=div2k", "datamodule.root=/data"), 2),
+        (("datamodule=div2k", "datamodule.root=/data", "datamodule.train.scale=4"), 4),
+        (("datamodule=set5", "datamodule.root=/data", "datamodule.val.scale=3"), 3),
+    ],
+)
+def test_backbone_upscale_follows_the_data(overrides: tuple[str, ...], scale: int, make_config) -> None:
+    assert make_config(*overrides).backbone.upscale == scale
+
+
+def test_div2k_val_scale_follows_train_scale(make_config) -> None:
+    cfg = make_config("datamodule=div2k", "datamodule.root=/data", "datamodule.train.scale=3")
+    assert cfg.datamodule.val.lq_dir == "/data/DIV2K_valid_LR_bicubic/X3"
