@@ -73,10 +73,9 @@ __all__ = [
 ]
 
 # Kernels at least this wide are applied through the FFT: on the 2-core CPU the direct grouped convolution
-# wins below it and loses above it for 16×3×256×256 batches (experiments/bench/README.md, "direct vs FFT").
+# wins below it and loses above it for 16×3×256×256 batches (experiments/bench/README.md, direct vs FFT).
 _FFT_MIN_KERNEL = 25
-# Splats are summed as integers in units of 2**-24 so that the sum does not depend on the order of CUDA's
-# atomics.
+# Splats are summed as integers in units of 2**-24: integer sums do not depend on the order of CUDA's atomics.
 _SPLAT_UNIT = 2.0**24
 
 
@@ -170,8 +169,7 @@ def _normalise(kernels: Tensor) -> Tensor:
 
 
 def _border(images: Tensor, kernel_size: int) -> str:
-    # reflect padding needs the pad to be shorter than the image side; tiny validation crops fall back to
-    # replicate
+    # reflect padding needs the pad to be shorter than the image side; tiny images fall back to replicate
     return "reflect" if kernel_size // 2 < min(images.shape[-2:]) else "replicate"
 
 
@@ -769,7 +767,8 @@ class JPEG(Degradation):
         quality = _randint(self.quality, images.shape[0], generator, images.device)
         if self.backend == "kornia":
             return kornia.enhance.jpeg_codec_differentiable(images.clamp(0, 1), quality.float()).clamp(0, 1)
-        # one H×W×3 copy for the whole batch: encode_jpeg wants channels last and copies each image otherwise
+        # libjpeg reads channels-last pixels: one H×W×3 copy of the batch saves encode_jpeg a copy per image
+        # (nvjpeg on CUDA reads planar pixels and copies anyway)
         pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
         qualities = quality.tolist()
         decoded: list[Tensor | None] = [None] * len(qualities)
