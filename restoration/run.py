@@ -11,12 +11,15 @@ error and exit status 1; anything else keeps its traceback.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import logging
 import math
 import os
+import platform
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -30,6 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
@@ -110,6 +114,24 @@ OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
 OmegaConf.register_new_resolver("data_scale", _data_scale, replace=True)
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of returning it to the OS; True if it applied.
+
+    With glibc's defaults, every tensor above the (adaptive) mmap threshold, and every heap top above
+    the trim threshold, goes back to the OS when freed, and the next step page-faults it in again:
+    for CPU training on batches of 256² crops that system time exceeded the arithmetic
+    (experiments/bench/README.md). A training process reuses the same sizes every step, so it keeps them.
+    """
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def resolve_checkpoint(cfg: DictConfig) -> str | None:
     """``ckpt_path``: ``None``, a file, or ``"last"`` = the newest ``last.ckpt`` of this ``task_name``."""
     requested = cfg.get("ckpt_path")
@@ -185,7 +207,8 @@ def _ddp_sweep_job(world_size: int) -> Iterator[None]:
         yield
         return
     run_node = HydraConfig.instance().cfg.hydra.run
-    saved_argv, saved_dir = sys.argv, run_node.dir
+    # The unresolved value: resolving it would claim a new timestamped folder for nothing.
+    saved_argv, saved_dir = sys.argv, OmegaConf.to_container(run_node)["dir"]
     saved_environment = {name: os.environ.get(name) for name in _DDP_ENVIRONMENT}
     flags = [arg for arg in sys.argv[1:] if arg not in ("-m", "--multirun") and "=" not in arg]
     sys.argv = [sys.argv[0], *flags, *HydraConfig.get().overrides.task]
@@ -225,6 +248,7 @@ def run(cfg: DictConfig) -> float | None:
     if missing:
         key = missing[0]
         raise ConfigError(f"missing config value {key}: set it on the command line, e.g. {key}=...")
+    keep_freed_memory()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -346,6 +370,8 @@ def user_error_message(error: BaseException) -> str | None:
             return text
         if isinstance(seen, InstantiationException) and isinstance(seen.__cause__, TypeError | ImportError):
             return " ".join(line.strip() for line in str(seen).splitlines() if line.strip())
+        if isinstance(seen, MisconfigurationException):  # Lightning's word for a bad Trainer setting
+            return f"trainer: {str(seen).strip().splitlines()[0]}"
         if isinstance(seen, OmegaConfBaseException) and not isinstance(seen, InstantiationException):
             return str(seen).strip().splitlines()[0]
         seen = seen.__cause__ or seen.__context__
@@ -354,6 +380,8 @@ def user_error_message(error: BaseException) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # Printed by Lightning 2.6 on torch 2.14 at every run; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         value = run(cfg)
     except Exception as error:

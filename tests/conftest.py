@@ -63,7 +63,9 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
     )
 
 
-def write_image(path: Path, *, size: tuple[int, int] = (40, 48), mode: str = "RGB", seed: int = 0) -> np.ndarray:
+def write_image(
+    path: Path, *, size: tuple[int, int] = (40, 48), mode: str = "RGB", seed: int = 0
+) -> np.ndarray:
     """A random image of (height, width) ``size`` in ``mode`` at ``path``; returns its pixels."""
     rng = np.random.default_rng(seed)
     height, width = size

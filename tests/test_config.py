@@ -9,7 +9,17 @@ from omegaconf import OmegaConf
 
 from .conftest import CONF
 
-GROUPS = ("backbone", "callbacks", "datamodule", "debug", "degradation", "guide", "logger", "stage", "trainer")
+GROUPS = (
+    "backbone",
+    "callbacks",
+    "datamodule",
+    "debug",
+    "degradation",
+    "guide",
+    "logger",
+    "stage",
+    "trainer",
+)
 
 
 def _options(group: str) -> list[str]:
@@ -17,7 +27,8 @@ def _options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("group", "option"), [(group, option) for group in GROUPS for option in _options(group) if option != "base"]
+    ("group", "option"),
+    [(group, option) for group in GROUPS for option in _options(group) if option != "base"],
 )
 def test_option_composes_and_resolves(group: str, option: str, make_config) -> None:
     overrides = [f"{group}={option}"]
@@ -42,7 +53,10 @@ def test_cpu_trainers_instantiate(option: str, make_config) -> None:
 def test_loggers_instantiate_offline(option: str, make_config) -> None:
     cfg = make_config(f"logger={option}")
     (logger,) = [instantiate(node) for node in cfg.logger.values()]
-    assert type(logger).__name__ == {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger", "wandb": "WandbLogger"}[option]
+    assert (
+        type(logger).__name__
+        == {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger", "wandb": "WandbLogger"}[option]
+    )
 
 
 def test_experiments_are_global_packages() -> None:

@@ -40,7 +40,7 @@ def test_embedded_split_is_fixed_and_disjoint() -> None:
     assert not train_names & val_names
     assert {"motorcycle_left", "motorcycle_right"} <= train_names  # the stereo pair stays on one side
     gt, lq = val.read(0)
-    assert lq is None and gt.shape[0] == 3 and 0.0 <= gt.min() and gt.max() <= 1.0
+    assert lq is None and gt.shape[0] == 3 and gt.min() >= 0.0 and gt.max() <= 1.0
 
 
 def test_folder_classes_from_subfolders(tmp_path: Path) -> None:
@@ -291,13 +291,24 @@ LAYOUTS: dict[str, list[tuple[str, str]]] = {
         ("Real_captured/Train/Low/low00001.png", "Real_captured/Train/Normal/normal00001.png"),
         ("Real_captured/Test/Low/low00690.png", "Real_captured/Test/Normal/normal00690.png"),
     ],
-    "rain100l": [("train/Rain13K/input/1.jpg", "train/Rain13K/target/1.jpg"), ("test/Rain100L/input/1.png", "test/Rain100L/target/1.png")],
-    "rain100h": [("train/Rain13K/input/1.jpg", "train/Rain13K/target/1.jpg"), ("test/Rain100H/input/1.png", "test/Rain100H/target/1.png")],
+    "rain100l": [
+        ("train/Rain13K/input/1.jpg", "train/Rain13K/target/1.jpg"),
+        ("test/Rain100L/input/1.png", "test/Rain100L/target/1.png"),
+    ],
+    "rain100h": [
+        ("train/Rain13K/input/1.jpg", "train/Rain13K/target/1.jpg"),
+        ("test/Rain100H/input/1.png", "test/Rain100H/target/1.png"),
+    ],
     "gopro": [
         ("train/GOPR0372_07_00/blur/000047.png", "train/GOPR0372_07_00/sharp/000047.png"),
         ("test/GOPR0384_11_00/blur/000001.png", "test/GOPR0384_11_00/sharp/000001.png"),
     ],
-    "sidd": [("SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_010.PNG", "SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_GT_SRGB_010.PNG")],
+    "sidd": [
+        (
+            "SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_NOISY_SRGB_010.PNG",
+            "SIDD_Medium_Srgb/Data/0001_001_S6_00100_00060_3200_L/0001_GT_SRGB_010.PNG",
+        )
+    ],
     "div2k": [
         ("DIV2K_train_LR_bicubic/X2/0001x2.png", "DIV2K_train_HR/0001.png"),
         ("DIV2K_valid_LR_bicubic/X2/0801x2.png", "DIV2K_valid_HR/0801.png"),
@@ -319,9 +330,13 @@ def test_preset_finds_its_layout(option: str, tmp_path: Path, make_config) -> No
             write_image(tmp_path / "data" / lq, size=(64 // scale, 64 // scale), seed=10 + i)
     if option == "sidd":
         blocks = np.zeros((1, 2, 16, 16, 3), dtype=np.uint8)
-        scipy.io.savemat(tmp_path / "data" / "ValidationNoisyBlocksSrgb.mat", {"ValidationNoisyBlocksSrgb": blocks})
+        scipy.io.savemat(
+            tmp_path / "data" / "ValidationNoisyBlocksSrgb.mat", {"ValidationNoisyBlocksSrgb": blocks}
+        )
         scipy.io.savemat(tmp_path / "data" / "ValidationGtBlocksSrgb.mat", {"ValidationGtBlocksSrgb": blocks})
-    cfg = make_config(f"datamodule={option}", f"datamodule.root={tmp_path / 'data'}", "datamodule.crop_size=32")
+    cfg = make_config(
+        f"datamodule={option}", f"datamodule.root={tmp_path / 'data'}", "datamodule.crop_size=32"
+    )
     module = instantiate(cfg.datamodule, degradation=instantiate(cfg.degradation))
     assert module.name == option
     evaluation_only = module.sources["train"] is None
@@ -337,5 +352,7 @@ def test_preset_finds_its_layout(option: str, tmp_path: Path, make_config) -> No
 def test_preset_without_root_says_so(make_config) -> None:
     from restoration.run import run
 
-    with pytest.raises(ConfigError, match=r"^missing config value datamodule.root: set it on the command line"):
+    with pytest.raises(
+        ConfigError, match=r"^missing config value datamodule.root: set it on the command line"
+    ):
         run(make_config("datamodule=lol_v1"))

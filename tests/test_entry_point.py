@@ -45,24 +45,38 @@ def test_rank_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_user_error_messages() -> None:
     worker = DataError(
         "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-        '  File "x.py", line 1, in f\nrestoration.errors.DataError: /data/a.png: cannot decode the image (broken)'
+        '  File "x.py", line 1, in f\n'
+        "restoration.errors.DataError: /data/a.png: cannot decode the image (broken)"
     )
     assert entry.user_error_message(worker) == "/data/a.png: cannot decode the image (broken)"
     try:
-        raise InstantiationException("Error in call to target 'x.Y':\nTypeError('bad keyword')\nfull_key: stage")
+        raise InstantiationException(
+            "Error in call to target 'x.Y':\nTypeError('bad keyword')\nfull_key: stage"
+        )
     except InstantiationException as error:
         wrapped = error
     wrapped.__cause__ = TypeError("bad keyword")
-    assert entry.user_error_message(wrapped) == "Error in call to target 'x.Y': TypeError('bad keyword') full_key: stage"
+    assert (
+        entry.user_error_message(wrapped)
+        == "Error in call to target 'x.Y': TypeError('bad keyword') full_key: stage"
+    )
     assert entry.user_error_message(ZeroDivisionError("a bug")) is None  # bugs keep their traceback
 
 
 def test_tiled_validation_matches_whole_images(make_config) -> None:
-    small = ("trainer=smoke", "backbone.width=8", "backbone.blocks=1", "datamodule.batch_size=2", "test=false")
+    small = (
+        "trainer=smoke",
+        "backbone.width=8",
+        "backbone.blocks=1",
+        "datamodule.batch_size=2",
+        "test=false",
+    )
     whole = make_config("experiment=restore_embedded_denoise", *small, run_name="whole")
     whole_dir = Path(whole.paths.output_dir)
     entry.run(whole)
-    tiled = make_config("experiment=restore_embedded_denoise", *small, "stage.tile=128", "stage.tile_overlap=32")
+    tiled = make_config(
+        "experiment=restore_embedded_denoise", *small, "stage.tile=128", "stage.tile_overlap=32"
+    )
     tiled_dir = Path(tiled.paths.output_dir)
     entry.run(tiled)
     whole_psnr = json.loads((whole_dir / "results.json").read_text())["val"]["val/psnr"]

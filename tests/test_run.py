@@ -1,4 +1,4 @@
-"""End to end: experiments, results.json, resume, divergence, checkpoints, loggers, CLI errors, sweeps, DDP."""
+"""End to end: experiments, results.json, resume, divergence, checkpoints, loggers, the CLI, sweeps, DDP."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def test_checkpoint_holds_config_ema_and_rng(make_config) -> None:
     assert int(checkpoint["state_dict"]["ema.num_updates"]) == 4
     assert "RNGState" in checkpoint["callbacks"]
     net = {key[4:]: value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
-    ema = {key[11:]: value for key, value in checkpoint["state_dict"].items() if key.startswith("ema.module.")}
+    ema = {
+        key[11:]: value for key, value in checkpoint["state_dict"].items() if key.startswith("ema.module.")
+    }
     assert net.keys() == ema.keys()
     assert any(not torch.equal(net[key], ema[key]) for key in net)
 
@@ -71,7 +73,9 @@ def test_resume_continues_exactly_where_it_stopped(make_config) -> None:
     first = make_config(*common, "trainer.max_steps=4", "task_name=resumable", run_name="first")
     first_dir = Path(first.paths.output_dir)
     run(first)
-    second = make_config(*common, "trainer.max_steps=8", "task_name=resumable", "ckpt_path=last", run_name="second")
+    second = make_config(
+        *common, "trainer.max_steps=8", "task_name=resumable", "ckpt_path=last", run_name="second"
+    )
     second_dir = Path(second.paths.output_dir)
     run(second)
     resumed = _results(second_dir)
@@ -112,14 +116,20 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(make_config) -> N
         "trainer.max_steps=6",
         f"stage.loss._target_={__name__}.LossTurningNaN",
     )
-    with pytest.raises(TrainingDiverged, match=r"training loss became nan at step 2; stopped, last good checkpoint"):
+    with pytest.raises(
+        TrainingDiverged, match=r"training loss became nan at step 2; stopped, last good checkpoint"
+    ):
         run(cfg)
     output_dir = Path(cfg.paths.output_dir)
     results = _results(output_dir)
     assert results["status"] == "diverged" and results["diverged_at_step"] == 2
     checkpoint = torch.load(output_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
-    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values() if value.is_floating_point())
+    assert all(
+        torch.isfinite(value).all()
+        for value in checkpoint["state_dict"].values()
+        if value.is_floating_point()
+    )
     assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == [
         "best_step0000002.ckpt",
         "last.ckpt",
@@ -160,7 +170,11 @@ def test_test_only_from_a_checkpoint(make_config) -> None:
 
 def test_wandb_offline_writes_image_files(make_config) -> None:
     cfg = make_config(
-        "experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, "logger=wandb", "logger.wandb.offline=true"
+        "experiment=restore_embedded_denoise",
+        "trainer=smoke",
+        *SMALL,
+        "logger=wandb",
+        "logger.wandb.offline=true",
     )
     run(cfg)
     images = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*/files/media/images/val/*.png"))
@@ -177,7 +191,9 @@ def test_tensorboard_logger_writes_events(make_config) -> None:
 
 
 def test_cli_data_error_is_one_line(tmp_path: Path) -> None:
-    result = run_cli("datamodule=folder", f"datamodule.root={tmp_path / 'missing'}", "trainer=smoke", cwd=tmp_path)
+    result = run_cli(
+        "datamodule=folder", f"datamodule.root={tmp_path / 'missing'}", "trainer=smoke", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout
     errors = [line for line in result.stdout.splitlines() if "[ERROR]" in line]
@@ -187,7 +203,9 @@ def test_cli_data_error_is_one_line(tmp_path: Path) -> None:
 def test_cli_unknown_option_and_key_give_hydra_errors(tmp_path: Path) -> None:
     result = run_cli("datamodule=imagenet_typo", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stdout
-    assert "Could not find 'datamodule/imagenet_typo'" in result.stdout and "Available options" in result.stdout
+    assert (
+        "Could not find 'datamodule/imagenet_typo'" in result.stdout and "Available options" in result.stdout
+    )
     result = run_cli("trainer.max_stepz=3", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stdout
     assert "Key 'max_stepz' is not in struct" in result.stdout
@@ -212,22 +230,29 @@ def test_cli_multirun_two_jobs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
-    output_dir = tmp_path / "ddp"
+def test_cli_sweep_of_ddp_runs_on_two_cpu_processes(tmp_path: Path) -> None:
+    """Two jobs of a sweep, each a 2-process DDP run: one output folder per job, shared by its ranks."""
     result = run_cli(
+        "-m",
         "experiment=restore_embedded_denoise",
         "trainer=ddp_cpu",
         *SMALL,
         "trainer.max_steps=4",
         "trainer.val_check_interval=2",
-        "logger=csv",
-        f"hydra.run.dir={output_dir}",
+        "test=false",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    results = _results(output_dir)
-    assert results["world_size"] == 2 and results["global_step"] == 4 and results["status"] == "finished"
-    # Every validation image is scored once across the two ranks, and rank 0 gathered all four grids.
-    grids = sorted(path.name for path in (output_dir / "images" / "val").glob("*_step0000004.png"))
-    assert grids == ["camera_step0000004.png", "chelsea_step0000004.png", "coffee_step0000004.png", "gravel_step0000004.png"]
-    assert list(tmp_path.iterdir()) == [output_dir]  # one output directory for both ranks
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sweep"]
+    for job in ("0", "1"):
+        job_dir = tmp_path / "sweep" / job
+        results = _results(job_dir)
+        assert results["world_size"] == 2 and results["global_step"] == 4 and results["status"] == "finished"
+        assert (job_dir / "train_ddp_process_1.log").is_file()  # rank 1 ran in this job's folder
+        # The ranks score disjoint halves of the 4 validation images; rank 0 gathered all four grids.
+        grids = sorted(
+            path.name.split("_step")[0] for path in (job_dir / "images" / "val").glob("*_step0000004.png")
+        )
+        assert grids == ["camera", "chelsea", "coffee", "gravel"]
