@@ -15,7 +15,6 @@ import ctypes
 import itertools
 import json
 import logging
-import math
 import os
 import platform
 import sys
@@ -42,7 +41,7 @@ from omegaconf.errors import OmegaConfBaseException
 from restoration.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, RNGState
 from restoration.errors import ConfigError, RestorationError, TrainingDiverged
 
-__all__ = ["main", "resolve_checkpoint", "run"]
+__all__ = ["keep_freed_memory", "main", "resolve_checkpoint", "run", "user_error_message"]
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +389,7 @@ def main(cfg: DictConfig) -> float | None:
             raise
         log.error("%s", message)
         sys.exit(1)
-    return None if value is None or math.isnan(value) else value
+    return value
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ def test_ema_follows_the_warmup_then_the_decay() -> None:
         ema.update(net)
     assert ema.module.weight.item() == pytest.approx(1.0, abs=1e-4)
     assert not any(param.requires_grad for param in ema.module.parameters())
+    constant = EMA(nn.Linear(1, 1, bias=False), decay=0.9, warmup=False)
+    nn.init.zeros_(constant.module.weight)
+    constant.update(net)  # BasicSR: 0.9 · 0 + 0.1 · 1 from the first step
+    assert constant.module.weight.item() == pytest.approx(0.1)
 
 
 def test_ema_averages_buffers_too() -> None:

@@ -44,27 +44,31 @@ log = logging.getLogger(__name__)
 class EMA(nn.Module):
     """Exponential moving average of a network's parameters and floating-point buffers.
 
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates (as
-    TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so early averages are not
-    dominated by the random initialisation. Integer buffers (e.g. BatchNorm's step counter) are copied.
+    With ``warmup`` the decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates
+    (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so early averages are not
+    dominated by the random initialisation; without it the decay is constant from the first step,
+    as in BasicSR (and so NAFNet, Restormer, ConStyle v2). Integer buffers (e.g. BatchNorm's step
+    counter) are copied.
 
     Args:
         net: the network to average; a frozen deep copy is kept as ``module``.
         decay: the target decay, e.g. 0.999 as BasicSR / ConStyle v2.
+        warmup: ramp the decay up over the first updates.
     """
 
-    def __init__(self, net: nn.Module, *, decay: float) -> None:
+    def __init__(self, net: nn.Module, *, decay: float, warmup: bool = True) -> None:
         super().__init__()
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"EMA decay={decay}; expected a number in (0, 1)")
         self.decay = decay
+        self.warmup = warmup
         self.module = copy.deepcopy(net).requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         updates = int(self.num_updates)
-        decay = min(self.decay, (1 + updates) / (10 + updates))
+        decay = min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
         averaged = list(self.module.parameters())
         current = [param.detach() for param in net.parameters()]
         torch._foreach_lerp_(averaged, current, 1.0 - decay)
@@ -85,6 +89,7 @@ class RestorationStage(pl.LightningModule):
         scheduler: ``_partial_`` LR scheduler factory stepped every iteration, or ``None``.
         ema_decay: decay of the EMA copy of ``net`` used for validation, test and the best
             checkpoint; ``None`` disables the EMA.
+        ema_warmup: ramp the EMA decay up over the first updates (see :class:`EMA`).
         crop_border: border pixels excluded from the metrics (the SR convention: the scale).
         pad_multiple: pad whole images to this multiple before the forward pass; ``None`` uses the
             network's ``size_multiple`` attribute (1 if it has none).
@@ -101,6 +106,7 @@ class RestorationStage(pl.LightningModule):
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[[Optimizer], LRScheduler] | None = None,
         ema_decay: float | None = 0.999,
+        ema_warmup: bool = True,
         crop_border: int = 0,
         pad_multiple: int | None = None,
         tile: int | None = None,
@@ -110,7 +116,7 @@ class RestorationStage(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.net = net
-        self.ema = EMA(net, decay=ema_decay) if ema_decay is not None else None
+        self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup) if ema_decay is not None else None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.pad_multiple = pad_multiple if pad_multiple is not None else getattr(net, "size_multiple", 1)
