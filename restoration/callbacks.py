@@ -65,13 +65,17 @@ class Checkpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if state_dict.get("dirpath") != self.dirpath and state_dict.get("best_model_score") is not None:
-            self.best_model_score = state_dict["best_model_score"]
-            self.best_model_path = state_dict["best_model_path"]
-            self.best_k_models = dict(state_dict.get("best_k_models", {}))
-            self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
-            self.kth_value = state_dict.get("kth_value", self.kth_value)
+        # Unlike Lightning, keep the ranking when the folder changed; the earlier files are never
+        # deleted from here, as ModelCheckpoint only removes files inside its own dirpath.
+        self.best_model_score = state_dict["best_model_score"]
+        self.best_model_path = state_dict["best_model_path"]
+        self.best_k_models = dict(state_dict.get("best_k_models", {}))
+        self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+        if state_dict.get("dirpath") == self.dirpath:
+            self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
+        elif self.best_model_path:
+            log.info("resumed run: the best checkpoint so far stays %s", self.best_model_path)
 
 
 def _diverged(trainer: pl.Trainer) -> bool:

@@ -81,6 +81,7 @@ def test_resume_continues_exactly_where_it_stopped(make_config) -> None:
     resumed = _results(second_dir)
     assert resumed["resumed_from"] == str(first_dir / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == 8
+    assert (first_dir / "checkpoints" / "last.ckpt").is_file()  # the earlier run's files stay
     straight_ckpt = torch.load(straight_dir / "checkpoints" / "last.ckpt")
     resumed_ckpt = torch.load(second_dir / "checkpoints" / "last.ckpt")
     # Same data stream, degradations, optimizer, schedule and EMA: the same weights, bit for bit.

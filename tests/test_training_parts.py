@@ -140,6 +140,23 @@ def test_divergence_check_skips_the_step_and_stops() -> None:
     assert trainer.should_stop and stage.diverged_at == (7, float("inf"))
 
 
+def test_checkpoint_ranking_survives_a_new_run_folder(tmp_path) -> None:
+    from restoration.callbacks import Checkpoint
+
+    earlier = Checkpoint(dirpath=str(tmp_path / "first"), monitor="val/psnr", mode="max")
+    earlier.best_model_score = torch.tensor(31.5)
+    earlier.best_model_path = str(tmp_path / "first" / "best.ckpt")
+    earlier.best_k_models = {earlier.best_model_path: earlier.best_model_score}
+    earlier.kth_best_model_path, earlier.kth_value = earlier.best_model_path, earlier.best_model_score
+    resumed = Checkpoint(dirpath=str(tmp_path / "second"), monitor="val/psnr", mode="max")
+    resumed.load_state_dict(earlier.state_dict())
+    assert resumed.best_model_score == 31.5 and resumed.best_model_path == earlier.best_model_path
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+    trainer = SimpleNamespace(strategy=strategy)
+    assert not resumed.check_monitor_top_k(trainer, torch.tensor(30.0))  # a worse score is not a new best
+    assert resumed.check_monitor_top_k(trainer, torch.tensor(32.0))
+
+
 def test_comparison_grid_enlarges_small_inputs() -> None:
     small, large = torch.zeros(3, 8, 10), torch.ones(3, 16, 20)
     grid = comparison_grid([small, large, large], ["a", "b", "c"])

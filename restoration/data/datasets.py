@@ -130,9 +130,10 @@ class TrainCrops(Dataset):
     def _enlarge(self, gt: torch.Tensor, lq: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         factor = self.crop_size / min(gt.shape[1:])
         size = [max(self.crop_size, round(side * factor / self.scale) * self.scale) for side in gt.shape[1:]]
-        resize = lambda image, sides: F.interpolate(  # noqa: E731
-            image[None], size=sides, mode="bicubic", align_corners=False, antialias=False
-        )[0].clamp(0, 1)
+
+        def resize(image: torch.Tensor, sides: list[int]) -> torch.Tensor:
+            return F.interpolate(image[None], size=sides, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
         return resize(gt, size), None if lq is None else resize(lq, [side // self.scale for side in size])
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor | int]:

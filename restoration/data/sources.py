@@ -406,8 +406,8 @@ class SIDDBlocks(ImageSource):
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert self._gt is not None and self._noisy is not None
-        to_float = lambda blocks: blocks[index].permute(2, 0, 1).float().div(255.0)  # noqa: E731
-        return to_float(self._gt), to_float(self._noisy)
+        gt, noisy = (blocks[index].permute(2, 0, 1).float().div(255.0) for blocks in (self._gt, self._noisy))
+        return gt, noisy
 
 
 def _find_images(folder: Path, pattern: str, expected: str) -> list[Path]:
