@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra.errors import InstantiationException
@@ -15,13 +17,19 @@ from restoration.errors import DataError
 def test_run_stamp_claims_a_fresh_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID"):
         monkeypatch.delenv(name, raising=False)
+    frozen = datetime(2026, 11, 23, 14, 0, 5)
+    monkeypatch.setattr(entry, "datetime", SimpleNamespace(now=lambda: frozen))
     monkeypatch.setattr(entry, "_CLAIMED_FOLDERS", {})
-    first = entry._run_stamp(str(tmp_path))
-    assert entry._run_stamp(str(tmp_path)) == first  # stable within a process
-    monkeypatch.setattr(entry, "_CLAIMED_FOLDERS", {})  # another process, the same second
-    (tmp_path / f"{first}-1").mkdir(exist_ok=True)
-    second = entry._run_stamp(str(tmp_path))
-    assert second != first and second.startswith(first[:16]) and (tmp_path / second).is_dir()
+    assert entry._run_stamp(str(tmp_path)) == "2026-11-23_14-00-05"
+    assert entry._run_stamp(str(tmp_path)) == "2026-11-23_14-00-05"  # stable within a process
+    monkeypatch.setattr(entry, "_CLAIMED_FOLDERS", {})  # two more processes, the same second
+    (tmp_path / "2026-11-23_14-00-05-1").mkdir()
+    assert entry._run_stamp(str(tmp_path)) == "2026-11-23_14-00-05-2"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "2026-11-23_14-00-05",
+        "2026-11-23_14-00-05-1",
+        "2026-11-23_14-00-05-2",
+    ]
 
 
 def test_run_stamp_is_shared_by_the_ranks_of_a_cluster_job(monkeypatch: pytest.MonkeyPatch) -> None:
