@@ -277,10 +277,11 @@ def run(cfg: DictConfig) -> float | None:
         logger.log_hyperparams(resolved)
 
     ckpt_path = resolve_checkpoint(cfg)
+    choices = _hydra_choices()
     results: dict[str, Any] = {
-        "experiment": _hydra_choices().get("experiment"),
+        "experiment": choices.get("experiment"),
         "task_name": cfg.task_name,
-        "choices": _hydra_choices(),
+        "choices": choices,
         "seed": cfg.get("seed"),
         "output_dir": str(output_dir),
         "resumed_from": ckpt_path if cfg.train else None,

@@ -119,9 +119,8 @@ class RestorationDataModule(pl.LightningDataModule):
         source = self.sources[split]
         if source is None:
             hint = {
-                "train": "it is an evaluation-only dataset: train on another one (e.g. datamodule=div2k) or "
-                "run "
-                "train=false test=true ckpt_path=...",
+                "train": "it is an evaluation-only dataset: train on another one (e.g. datamodule=div2k) "
+                "or run train=false test=true ckpt_path=...",
                 "val": "set datamodule.val",
                 "test": "set datamodule.test or datamodule.val",
             }[split]
@@ -132,7 +131,9 @@ class RestorationDataModule(pl.LightningDataModule):
         source = self._source(split)
         # Validation and test images are decoded once now, so a corrupt file fails the run at the
         # start rather than at the first validation hours later; training files get a header check.
-        source.scan(skip_bad_files=self.skip_bad_files, decode=split != "train")
+        # The test split defaults to the val source itself: scan (and decode) it once.
+        if not source.scanned:
+            source.scan(skip_bad_files=self.skip_bad_files, decode=split != "train")
         if source.paired and self.degradation is not None and not self._warned_unused_degradation:
             log.warning(
                 "datamodule %s: the %s split is paired, so degradation %s is not applied to it",
@@ -148,7 +149,7 @@ class RestorationDataModule(pl.LightningDataModule):
             return TrainCrops(
                 source,
                 crop_size=self.crop_size,
-                scale=getattr(source, "scale", 1),
+                scale=self._data_scale(source),
                 hflip=self.hflip,
                 rotate=self.rotate,
                 seed=self.seed,
@@ -158,6 +159,12 @@ class RestorationDataModule(pl.LightningDataModule):
             )
         return WholeImages(source, degradation=self.degradation, seed=self.val_seed)
 
+    def _data_scale(self, source: ImageSource) -> int:
+        """GT / LQ size ratio: the paired source's, else the degradation's (crops must be multiples of it)."""
+        if source.paired:
+            return getattr(source, "scale", 1)
+        return self.degradation.scale if self.degradation is not None else 1
+
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -165,15 +172,6 @@ class RestorationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
         assert isinstance(dataset, TrainCrops)
-        if (
-            not dataset.source.paired
-            and self.degradation is not None
-            and self.crop_size % self.degradation.scale
-        ):
-            raise ConfigError(
-                f"datamodule.crop_size={self.crop_size} is not a multiple of the degradation's scale "
-                f"{self.degradation.scale}"
-            )
         rank, world_size = self._rank_and_world()
         # Resuming: continue the stream where the checkpoint's step left it (see datasets.py).
         start_step = 0

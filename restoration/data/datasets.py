@@ -50,7 +50,8 @@ class TrainCrops(Dataset):
     Args:
         source: scanned image source; paired sources give aligned LQ crops of ``crop_size / scale``.
         crop_size: GT crop side in pixels.
-        scale: GT / LQ size ratio of paired sources (1 otherwise).
+        scale: GT / LQ size ratio of the data: a paired source's, or the degradation's that will
+            down-sample clean crops (crops must be a multiple of it).
         hflip: random horizontal flips.
         rotate: random vertical flips and transposes (with ``hflip``: all 8 dihedral transforms).
         seed: data seed of the run.
@@ -185,8 +186,8 @@ class WholeImages(Dataset):
 
     Args:
         source: scanned image source.
-        degradation: synthesizes LQ from clean images (unused for paired sources).
-        scale: clean GT images are cropped to a multiple of the degradation's scale ("modcrop").
+        degradation: synthesizes LQ from clean images (unused for paired sources); clean GT images
+            are cropped to a multiple of its scale first ("modcrop").
         seed: validation seed; image ``i`` is degraded with a generator seeded by ``(seed, i)``.
     """
 

@@ -92,6 +92,10 @@ class ImageSource:
         raise NotImplementedError
 
     @property
+    def scanned(self) -> bool:
+        return self._entries is not None
+
+    @property
     def entries(self) -> list[_Entry]:
         if self._entries is None:
             raise RuntimeError(f"{self.description}: call scan() before using the source")
