@@ -4,6 +4,8 @@
     python -m restoration.run experiment=restore_embedded_denoise trainer=smoke
     python -m restoration.run -m experiment=restore_embedded_denoise seed=1,2,3
     python -m restoration.run experiment=restore_embedded_denoise ckpt_path=last   # resume
+    python -m restoration.run experiment=restore_embedded_denoise train=false test=false \
+        ckpt_path=path/to/best.ckpt predict=path/to/degraded_images           # restore a folder
 
 Expected mistakes (bad config values, missing or corrupt data) end the run with a one-line
 error and exit status 1; anything else keeps its traceback.
@@ -37,8 +39,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
+from torch.utils.data import DataLoader
 
 from restoration.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, RNGState
+from restoration.data.datasets import DegradedImages
+from restoration.data.sources import ImageFolder
 from restoration.errors import ConfigError, RestorationError, TrainingDiverged
 
 __all__ = ["keep_freed_memory", "main", "resolve_checkpoint", "run", "user_error_message"]
@@ -240,8 +245,8 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
 
 def run(cfg: DictConfig) -> float | None:
     """Build the run from ``cfg``, train and/or test, write ``results.json``; return the monitored metric."""
-    if not cfg.train and not cfg.test:
-        raise ConfigError("train=false and test=false: nothing to do")
+    if not cfg.train and not cfg.test and not cfg.get("predict"):
+        raise ConfigError("train=false, test=false and no predict folder: nothing to do")
     # Hydra's instantiate passes a missing value (???) on as None; catch it here instead.
     missing = sorted(_missing_keys(cfg))
     if missing:
@@ -326,15 +331,18 @@ def _fit_and_test(
         if stage.last_validated_step != trainer.global_step:
             trainer.validate(stage, datamodule=datamodule, verbose=False)
         results["val"] = _metrics(trainer.callback_metrics, "val/")
+    # after training: the best checkpoint; otherwise the one given (or none: random weights, said below)
+    eval_ckpt = ckpt_path
+    if cfg.train:
+        eval_ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
+    elif ckpt_path is None:
+        log.warning("no training and no ckpt_path: evaluating a randomly initialised network")
     if cfg.test:
-        test_ckpt = ckpt_path
-        if cfg.train:
-            test_ckpt = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        elif ckpt_path is None:
-            log.warning("test without training and without ckpt_path: testing a randomly initialised network")
-        (test_metrics,) = trainer.test(stage, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+        (test_metrics,) = trainer.test(stage, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
         results["test"] = _metrics(test_metrics, "test/")
-        results["tested_checkpoint"] = test_ckpt
+        results["tested_checkpoint"] = eval_ckpt
+    if cfg.get("predict"):
+        results["predict"] = _predict(cfg, trainer, stage, eval_ckpt)
 
     monitor = cfg.get("optimized_metric")
     best = checkpoint.best_model_score if checkpoint is not None else None
@@ -348,6 +356,22 @@ def _fit_and_test(
         results["last_checkpoint"] = checkpoint.last_model_path or None
     results["status"] = "finished"
     return value
+
+
+def _predict(
+    cfg: DictConfig, trainer: pl.Trainer, stage: pl.LightningModule, ckpt_path: str | None
+) -> dict[str, Any]:
+    """Restore every image under ``cfg.predict`` (degraded images, no ground truth) into images/predict."""
+    source = ImageFolder(root=str(cfg.predict), class_folders=False)
+    source.scan()
+    # one image per batch: the images may all differ in size
+    loader = DataLoader(
+        DegradedImages(source), batch_size=1, num_workers=cfg.datamodule.get("num_workers", 0)
+    )
+    trainer.predict(stage, dataloaders=loader, ckpt_path=ckpt_path, return_predictions=False)
+    output = Path(trainer.default_root_dir) / "images" / "predict"
+    log.info("restored %d images of %s into %s", len(source), cfg.predict, output)
+    return {"input": str(cfg.predict), "images": len(source), "output": str(output), "checkpoint": ckpt_path}
 
 
 def _finish_wandb(loggers: list[Any]) -> None:

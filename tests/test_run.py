@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from restoration.callbacks import AtomicCheckpointIO
+from restoration.data.io import read_image
 from restoration.errors import ConfigError, TrainingDiverged
 from restoration.losses import L1Loss
 from restoration.run import run
 
-from .conftest import EXPERIMENTS, run_cli
+from .conftest import EXPERIMENTS, run_cli, write_image
 
 # A small network keeps the tests that are not about an experiment's own settings fast.
 SMALL = ("backbone.width=8", "backbone.blocks=1", "datamodule.batch_size=2", "datamodule.crop_size=48")
@@ -167,6 +168,26 @@ def test_test_only_from_a_checkpoint(make_config) -> None:
     assert "val" not in results and results["tested_checkpoint"] == str(ckpt)
     # The last checkpoint is the final step's, which the run validated: the same two images, same numbers.
     assert results["test"]["test/psnr"] == pytest.approx(_results(trained_dir)["val"]["val/psnr"])
+
+
+def test_predict_restores_a_folder_with_the_checkpoint(make_config, tmp_path: Path) -> None:
+    trained = make_config("experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, run_name="trained")
+    run(trained)
+    ckpt = Path(trained.paths.output_dir) / "checkpoints" / "last.ckpt"
+    inputs = tmp_path / "degraded"
+    write_image(inputs / "a.png", size=(37, 53))
+    write_image(inputs / "sub" / "b.jpg", size=(20, 24), seed=1)
+    cfg = make_config(
+        "experiment=restore_embedded_denoise", *SMALL, "train=false", "test=false",
+        f"ckpt_path={ckpt}", f"predict={inputs}",
+    )  # fmt: skip
+    run(cfg)
+    output = Path(cfg.paths.output_dir) / "images" / "predict"
+    assert read_image(output / "a.png").shape == (3, 37, 53)
+    assert read_image(output / "sub" / "b.png").shape == (3, 20, 24)
+    assert _results(Path(cfg.paths.output_dir))["predict"]["images"] == 2
+    with pytest.raises(ConfigError, match="nothing to do"):
+        run(make_config("train=false", "test=false"))
 
 
 def test_wandb_offline_writes_image_files(make_config) -> None:

@@ -23,7 +23,7 @@ from restoration.data.degradations import Degradation
 from restoration.data.sources import ImageSource
 from restoration.errors import DataError
 
-__all__ = ["ShardSampler", "StreamBatchSampler", "TrainCrops", "WholeImages", "stream_seed"]
+__all__ = ["DegradedImages", "ShardSampler", "StreamBatchSampler", "TrainCrops", "WholeImages", "stream_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,24 @@ class WholeImages(Dataset):
             "label": self.source.label(index),
             "type": degradation_type,
         }
+
+
+class DegradedImages(Dataset):
+    """Degraded images with no ground truth, to be restored as they are (the ``predict`` path).
+
+    Args:
+        source: scanned image source; its images are taken as the degraded inputs.
+    """
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
+        lq, _ = self.source.read(index)
+        return {"lq": lq, "index": index, "name": self.source.name(index)}
 
 
 class StreamBatchSampler(Sampler[list[int]]):

@@ -10,7 +10,7 @@
   ``<run dir>/images`` and sent to the loggers.
 
 A stage subclass implements ``training_step`` and, if its network takes more than the degraded
-image, overrides :meth:`RestorationStage.restore`.
+image, overrides :meth:`RestorationStage.restore` (used by validation, test and prediction).
 """
 
 from __future__ import annotations
@@ -197,6 +197,16 @@ class RestorationStage(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
+        """Restore degraded images (no ground truth) into ``<run dir>/images/predict``; return the files."""
+        restored = self.restore(batch["lq"]).float().clamp(0, 1)
+        output_dir = Path(self.trainer.default_root_dir) / "images" / "predict"
+        written = []
+        for image, name in zip(restored, batch["name"], strict=True):
+            save_png(to_uint8(image), output_dir / f"{name}.png")
+            written.append(str(output_dir / f"{name}.png"))
+        return written
 
     def on_validation_epoch_end(self) -> None:
         self._finish_evaluation("val")
