@@ -39,6 +39,8 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 bench: $(STAMP) ## run the benchmarks in experiments/bench (numbers go into its README by hand)
 	$(BIN)/python -m experiments.bench.degradations
+	$(BIN)/python -m experiments.bench.backbones
+	$(BIN)/python -m experiments.bench.ipt
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf logs outputs multirun wandb .pytest_cache .ruff_cache

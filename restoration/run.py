@@ -41,6 +41,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader
 
+from restoration.archs import load_pretrained
 from restoration.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, RNGState
 from restoration.data.datasets import DegradedImages
 from restoration.data.sources import ImageFolder
@@ -243,6 +244,22 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def build_backbone(cfg: DictConfig) -> torch.nn.Module:
+    """The backbone of ``cfg``, with the released weights of ``backbone_weights.path`` if one is given."""
+    net = instantiate(cfg.backbone)
+    weights = cfg.get("backbone_weights") or {}
+    if weights.get("path"):
+        load_pretrained(
+            net,
+            weights.path,
+            key=weights.get("key"),
+            prefix=weights.get("prefix") or "",
+            strict=weights.get("strict", True),
+        )
+        log.info("backbone weights loaded from %s", weights.path)
+    return net
+
+
 def run(cfg: DictConfig) -> float | None:
     """Build the run from ``cfg``, train and/or test, write ``results.json``; return the monitored metric."""
     if not cfg.train and not cfg.test and not cfg.get("predict"):
@@ -260,7 +277,7 @@ def run(cfg: DictConfig) -> float | None:
 
     degradation = instantiate(cfg.degradation)
     datamodule = instantiate(cfg.datamodule, degradation=degradation)
-    net = instantiate(cfg.backbone)
+    net = build_backbone(cfg)
     guide = {"guide": instantiate(cfg.guide)} if cfg.get("guide") else {}
     stage = instantiate(cfg.stage, net=net, **guide)
 

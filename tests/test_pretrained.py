@@ -11,6 +11,7 @@ from torch import nn
 
 from restoration.archs import load_pretrained, read_state_dict
 from restoration.errors import ConfigError
+from restoration.run import build_backbone
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -94,3 +95,19 @@ def test_unreadable_and_unknown_containers(tmp_path: Path) -> None:
         read_state_dict(tmp_path / "odd.pth", key="params")
     with pytest.raises(ConfigError, match=r"no key starts with 'net\.'"):
         read_state_dict(tmp_path / "odd.pth", key="weights", prefix="net.")
+
+
+def test_backbone_weights_from_the_config(make_config, tmp_path: Path) -> None:
+    cfg = make_config("backbone=nafnet_tiny")
+    released = build_backbone(cfg)
+    for param in released.parameters():
+        param.data.normal_()
+    torch.save({"params": released.state_dict()}, tmp_path / "released.pth")
+    loaded = build_backbone(
+        make_config("backbone=nafnet_tiny", f"backbone_weights.path={tmp_path / 'released.pth'}")
+    )
+    assert _same(loaded, released)
+    with pytest.raises(ConfigError, match=r"released\.pth do not fit Restormer"):
+        build_backbone(
+            make_config("backbone=restormer_tiny", f"backbone_weights.path={tmp_path / 'released.pth'}")
+        )

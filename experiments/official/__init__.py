@@ -30,7 +30,7 @@ def import_official(
     if not file.is_file():
         raise SystemExit(f"{file}: not found; pass --root pointing at a checkout of the official repository")
     for name in stub_modules:
-        if importlib.util.find_spec(name) is None:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
             sys.modules.setdefault(name, types.ModuleType(name))
     sys.path.insert(0, str(root))
     try:
