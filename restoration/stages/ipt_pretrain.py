@@ -1,0 +1,291 @@
+"""Stage ``ipt_pretrain``: multi-task pre-training of IPT on synthesized pairs.
+
+H. Chen et al., "Pre-Trained Image Processing Transformer", CVPR 2021, as trained by the MindSpore
+port of the official code (``research/cv/IPT``): clean crops are degraded on the training device
+for one task per step, drawn uniformly from the model's tasks (×2/×3/×4 bicubic super-resolution,
+deraining, denoising σ 30 and 50); the loss is L1 on the restored image plus 0.1 × a patch-contrastive
+term on the decoder tokens (:class:`~restoration.losses.PatchContrastiveLoss`). Unlike the MindSpore code
+the L1 path goes through the transformer.
+
+**One task per step, the same on every rank.** The task of step ``s`` comes from a generator seeded by
+``(seed, s)``: every DDP rank draws the same task, a resumed run draws what an uninterrupted one would,
+and the micro-batches of an accumulated step share their task. Only that task's head and tail take part
+in the step, so the other heads and tails get no gradient; DDP must then run with
+``find_unused_parameters=True`` (``trainer.strategy=ddp_find_unused_parameters_true``), which leaves the
+gradient of a parameter unused on every rank at ``None``: the optimizer skips it, so Adam's momentum does
+not move the heads of the tasks not drawn. :meth:`IPTPretrainStage.on_fit_start` stops a DDP run that
+lacks it with that override in the message.
+
+**Validation and test** run every task on every image: the clean image is degraded for the task on the
+CPU with a generator seeded by ``(val_seed, image index, task index)`` (the same inputs on any device and
+in every run), restored through :func:`~restoration.tiling.ipt_tiled_forward` and scored on RGB and Y,
+with a border of ``scale`` pixels cropped for super-resolution (the official protocol). Logged:
+``<split>/<task>/<metric>`` and ``<split>/<task>/degraded/<metric>`` per task, and ``<split>/<metric>``,
+``<split>/degraded/<metric>``, the means over tasks (every task sees the same images), which the
+checkpoints and sweeps optimise.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from restoration.archs.ipt import IPT
+from restoration.data.datasets import stream_seed
+from restoration.data.degradations import Degradation
+from restoration.errors import ConfigError
+from restoration.metrics import ImageQuality
+from restoration.stages.base import RestorationStage, _as_large_as
+from restoration.tiling import ipt_tiled_forward
+from restoration.visualize import save_png, to_uint8
+
+__all__ = ["IPTPretrainStage", "IPTTiling"]
+
+# Tags that keep the task, crop and degradation streams apart (the datamodule's own stream uses 1).
+_TASK_STREAM, _CROP_STREAM, _DEGRADATION_STREAM = 11, 12, 13
+_PROTOCOLS = ("official", "fast")
+
+
+@dataclass(frozen=True)
+class IPTTiling:
+    """How IPT restores whole images: 48×48 tiles through :func:`~restoration.tiling.ipt_tiled_forward`.
+
+    Images with a side under 48 pixels (an ×4 input of a small photo) are padded by replicating their
+    last row/column, and the output is cropped back.
+
+    Args:
+        protocol: ``"official"`` (the official ``forward_chop``: stride 12, averaged centres) or
+            ``"fast"`` (configurable overlap, far fewer tiles).
+        overlap: tile overlap of the fast protocol in input pixels; ``None``: the tiler's default (12, the
+            MindSpore evaluation).
+        blend: ``"seam"`` or ``"average"``, fast protocol only; ``None``: the tiler's default (seam).
+        self_ensemble: average the ×8 flips and transposes (off in the official evaluation).
+        batch_size: tiles per forward pass (the official ``--crop_batch_size``, 64).
+    """
+
+    protocol: str = "official"
+    overlap: int | None = None
+    blend: str | None = None
+    self_ensemble: bool = False
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.protocol not in _PROTOCOLS:
+            raise ConfigError(f"IPT tiling protocol={self.protocol!r}; expected one of {list(_PROTOCOLS)}")
+        if self.protocol == "official" and (self.overlap is not None or self.blend is not None):
+            raise ConfigError(
+                f"IPT tiling overlap={self.overlap}, blend={self.blend} with protocol=official, whose "
+                "tiling is fixed (stride 12, averaged); set protocol=fast to choose them"
+            )
+
+    def __call__(self, net: IPT, degraded: Tensor, task: str | int) -> Tensor:
+        """Restore an N×3×H×W batch of any size with ``task`` of ``net``."""
+        options = {name: value for name in ("overlap", "blend") if (value := getattr(self, name)) is not None}
+        height, width = degraded.shape[-2:]
+        size, scale = net.patch_size, net.scale_of(task)
+        padded = F.pad(degraded, (0, max(0, size - width), 0, max(0, size - height)), mode="replicate")
+        restored = ipt_tiled_forward(
+            functools.partial(net, task=task),
+            padded,
+            scale=scale,
+            protocol=self.protocol,
+            tile=size,
+            batch_size=self.batch_size,
+            self_ensemble=self.self_ensemble,
+            **options,
+        )
+        return restored[..., : height * scale, : width * scale]
+
+
+class IPTPretrainStage(RestorationStage):
+    """Pre-train a multi-task :class:`~restoration.archs.ipt.IPT` on clean crops degraded per task.
+
+    Expects training batches of clean crops of at least ``48 × the largest scale`` pixels (192 for the
+    six IPT tasks, ``datamodule.crop_size``); each step takes a random ``48·s`` crop of them for the
+    drawn task ``s`` and degrades it to the 48×48 input.
+
+    Args:
+        net: the multi-task IPT being trained.
+        degradations: task name → the degradation that makes its input from a clean crop; one per task of
+            ``net``, with the task's scale.
+        loss: ``(restored, target) -> scalar`` pixel loss (L1).
+        contrastive: ``tokens -> scalar`` loss on the N×256×576 decoder tokens, or ``None``.
+        contrastive_weight: its weight λ (0.1, IPT).
+        seed: seed of the task draws, crops and training degradations (the run's ``seed``).
+        val_seed: seed of the validation and test degradations (``datamodule.val_seed``).
+        tiling: how validation, test and prediction restore whole images (default: the official protocol).
+        predict_task: the task :meth:`restore` applies when none is given (prediction); ``None``: the first.
+        **base: the shared options of :class:`~restoration.stages.base.RestorationStage` (optimizer,
+            scheduler, EMA, logged images); the metrics' border crop is set per task here.
+    """
+
+    def __init__(
+        self,
+        *,
+        net: IPT,
+        degradations: Mapping[str, Degradation],
+        loss: nn.Module,
+        contrastive: nn.Module | None,
+        contrastive_weight: float = 0.1,
+        seed: int = 0,
+        val_seed: int = 1,
+        tiling: IPTTiling | None = None,
+        predict_task: str | None = None,
+        **base: Any,
+    ) -> None:
+        if set(degradations) != set(net.tasks):
+            raise ConfigError(
+                f"stage.degradations has the tasks {sorted(degradations)} but the IPT backbone has "
+                f"{list(net.tasks)}; give one degradation per task of the backbone"
+            )
+        for task, degradation in degradations.items():
+            if degradation.scale != net.scale_of(task):
+                raise ConfigError(
+                    f"stage.degradations.{task} down-samples by {degradation.scale} but task {task} "
+                    f"upscales by {net.scale_of(task)}"
+                )
+        super().__init__(net=net, crop_border=0, **base)
+        self.degradations = dict(degradations)
+        self.loss = loss
+        self.contrastive = contrastive
+        self.contrastive_weight = contrastive_weight
+        self.seed = seed
+        self.val_seed = val_seed
+        self.tiling = tiling if tiling is not None else IPTTiling()
+        self.predict_task = net.tasks[net.task_index(predict_task if predict_task is not None else 0)]
+        # Per task; the base's "val"/"test" metrics receive border-cropped images and give the means.
+        self.task_metrics = nn.ModuleDict(
+            {
+                f"{split}_{task}{kind}": ImageQuality(crop_border=self._border(task))
+                for split in ("val", "test")
+                for task in net.tasks
+                for kind in ("", "_degraded")
+            }
+        )
+        self.last_task: str | None = None
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def task_at(self, step: int) -> str:
+        """The task of optimizer step ``step``: uniform over the tasks, a pure function of (seed, step)."""
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, step, _TASK_STREAM))
+        return self.net.tasks[int(torch.randint(len(self.net.tasks), (1,), generator=generator))]
+
+    def on_fit_start(self) -> None:
+        model = self.trainer.strategy.model
+        if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
+            raise ConfigError(
+                "ipt_pretrain trains one task's head and tail per step, so the others get no gradient and "
+                "DDP must allow unused parameters: add trainer.strategy=ddp_find_unused_parameters_true"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        task = self.last_task = self.task_at(self.global_step)
+        target = self._random_crop(batch["gt"], self.net.patch_size * self.net.scale_of(task), batch)
+        degraded, _ = self.degradations[task](target, self._generator(target.device, batch))
+        restored, tokens = self.net(degraded, task, return_tokens=True)
+        pixel_loss = self.loss(restored, target)
+        loss = pixel_loss
+        if self.contrastive is not None and self.contrastive_weight:
+            contrastive_loss = self.contrastive(tokens)
+            loss = pixel_loss + self.contrastive_weight * contrastive_loss
+            self.log("train/contrastive", contrastive_loss)
+        self.log_dict({"train/pixel": pixel_loss, "train/task": float(self.net.task_index(task))})
+        self.log("train/loss", loss, prog_bar=True)
+        return self.checked_loss(loss)
+
+    def _random_crop(self, clean: Tensor, size: int, batch: dict[str, Any]) -> Tensor:
+        """A ``size``×``size`` crop at one random offset for the batch (its crops are random already)."""
+        height, width = clean.shape[-2:]
+        if min(height, width) < size:
+            largest = self.net.patch_size * max(self.net.scale_of(task) for task in self.net.tasks)
+            raise ConfigError(
+                f"ipt_pretrain needs clean crops of {size}×{size} (48 × the task's scale) but the datamodule "
+                f"gives {height}×{width}; set datamodule.crop_size={largest}"
+            )
+        position = int(batch["index"][0])
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, position, _CROP_STREAM))
+        top = int(torch.randint(height - size + 1, (1,), generator=generator))
+        left = int(torch.randint(width - size + 1, (1,), generator=generator))
+        return clean[..., top : top + size, left : left + size]
+
+    def _generator(self, device: torch.device, batch: dict[str, Any]) -> torch.Generator:
+        """The device generator of this batch's degradation, seeded by (seed, stream position)."""
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = self._generators[device] = torch.Generator(device=device)
+        return generator.manual_seed(stream_seed(self.seed, int(batch["index"][0]), _DEGRADATION_STREAM))
+
+    # ---- inference --------------------------------------------------------------------------
+
+    def restore(self, degraded: Tensor, task: str | None = None) -> Tensor:
+        """Restore whole images with ``task`` (default ``predict_task``) through the IPT tiling."""
+        return self.tiling(self.eval_net, degraded, task if task is not None else self.predict_task)
+
+    # ---- validation and test ----------------------------------------------------------------
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate_tasks(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate_tasks(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_task_metrics("val")
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_task_metrics("test")
+        super().on_test_epoch_end()
+
+    def _border(self, task: str) -> int:
+        """Pixels cropped from each side before scoring: the scale for super-resolution (official)."""
+        scale = self.net.scale_of(task)
+        return scale if scale > 1 else 0
+
+    def _evaluate_tasks(self, batch: dict[str, Any], split: str) -> None:
+        """Degrade each whole clean image for every task, restore it and score it."""
+        for task_index, task in enumerate(self.net.tasks):
+            scale, border = self.net.scale_of(task), self._border(task)
+            for i, index in enumerate(batch["index"].tolist()):
+                clean = batch["gt"][i : i + 1]
+                target = clean[..., : clean.shape[-2] // scale * scale, : clean.shape[-1] // scale * scale]
+                # degraded on the CPU: the same inputs on every device (CUDA draws other random numbers)
+                generator = torch.Generator().manual_seed(stream_seed(self.val_seed, index, task_index))
+                degraded, _ = self.degradations[task](target.cpu().float(), generator)
+                degraded = degraded.to(target.device)
+                restored = self.restore(degraded, task).float().clamp(0, 1)
+                baseline = _as_large_as(degraded, target)
+                self.task_metrics[f"{split}_{task}"].update(restored, target)
+                self.task_metrics[f"{split}_{task}_degraded"].update(baseline, target)
+                name = f"{batch['name'][i]}_{task}"
+                if split == "test" and self.save_test_images:
+                    output_dir = Path(self.trainer.default_root_dir) / "images" / "test" / "restored"
+                    save_png(to_uint8(restored[0]), output_dir / f"{name}.png")
+                # the means over tasks: the base metrics (no border of their own) get the scored region
+                height, width = target.shape[-2:]
+                inner = (..., slice(border, height - border), slice(border, width - border))
+                restored, baseline, target = restored[inner], baseline[inner], target[inner]
+                self.metrics[split].update(restored, target)
+                self.metrics[f"{split}_degraded"].update(baseline, target)
+                if split == "val" and index < self.num_logged_images:
+                    grid = self._grid(degraded[0], baseline[0], restored[0], target[0])
+                    self._grids.append((index * len(self.net.tasks) + task_index, name, *grid))
+
+    def _log_task_metrics(self, split: str) -> None:
+        values = {}
+        for task in self.net.tasks:
+            for kind, suffix in (("", ""), ("degraded/", "_degraded")):
+                metrics = self.task_metrics[f"{split}_{task}{suffix}"]
+                values |= {f"{split}/{task}/{kind}{key}": value for key, value in metrics.compute().items()}
+                metrics.reset()
+        self.log_dict(values, sync_dist=False)
