@@ -512,6 +512,8 @@ def test_every_preset_has_a_config() -> None:
         "bicubic_x3",
         "bicubic_x4",
         "noise_gaussian",
+        "noise_gaussian_30",
+        "noise_gaussian_50",
         "noise_poisson",
         "noise_poisson_gaussian",
         "rain_light",
