@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -78,3 +80,18 @@ def write_image(
     pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
     Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode=mode).save(path)
     return pixels
+
+
+def fit_losses(
+    net: torch.nn.Module, degraded: torch.Tensor, clean: torch.Tensor, *, steps: int, lr: float
+) -> list[float]:
+    """The L1 losses of ``steps`` Adam steps fitting ``net`` to map one fixed batch to its clean images."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = F.l1_loss(net(degraded), clean)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restoration.archs.common import pad_to_multiple
-from restoration.archs.restormer import ChannelLayerNorm
+from restoration.archs.common import ChannelLayerNorm, pad_to_multiple
 
 __all__ = ["POOLING_TYPES", "LocalAvgPool2d", "NAFBlock", "NAFNet", "simple_gate"]
 

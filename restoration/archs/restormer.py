@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from restoration.archs.common import pad_to_multiple
+from restoration.archs.common import ChannelLayerNorm, pad_to_multiple
 
 __all__ = [
     "NORM_TYPES",
@@ -35,17 +35,6 @@ __all__ = [
 ]
 
 NORM_TYPES = ("with_bias", "bias_free")
-
-
-class ChannelLayerNorm(nn.LayerNorm):
-    """Layer norm over the channels of each pixel of an N×C×H×W map.
-
-    Run as a fused layer norm on a channels-last view: one pass forward and backward instead of the
-    separate mean, variance and affine kernels of a per-pixel norm written out along dim 1.
-    """
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return super().forward(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class BiasFreeLayerNorm(nn.Module):
