@@ -9,7 +9,7 @@ does not match in one error that names the file and the first keys of each kind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 
 from restoration.errors import ConfigError
 
-__all__ = ["CONTAINER_KEYS", "load_pretrained", "read_state_dict"]
+__all__ = ["CONTAINER_KEYS", "load_pretrained", "network_prefix", "read_state_dict"]
 
 # Tried in this order: BasicSR saves the EMA weights as params_ema beside params; the EMA is what
 # the official evaluations use.
@@ -25,7 +25,12 @@ CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "network
 
 
 def read_state_dict(
-    path: str | Path, *, key: str | None = None, prefix: str = "", map_location: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    key: str | None = None,
+    prefix: str = "",
+    exclude: Sequence[str] = (),
+    map_location: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, out of their container.
 
@@ -35,6 +40,8 @@ def read_state_dict(
             :data:`CONTAINER_KEYS` present, or the file itself when it is already a state dict.
         prefix: keep only keys starting with this and strip it (``"net."`` for the network of one of
             our Lightning checkpoints, ``"encoder_q."`` for ConStyle's query encoder).
+        exclude: drop keys starting with any of these (after ``prefix`` is stripped), e.g. ``"ConStyle."``
+            for the prompter held inside the official ConStyle restoration checkpoints.
         map_location: device the tensors are loaded to.
     """
     path = Path(path)
@@ -76,6 +83,8 @@ def read_state_dict(
         }
         if not state:
             raise ConfigError(f"pretrained weights {path}: no key starts with {prefix!r}")
+    if exclude:
+        state = {name: tensor for name, tensor in state.items() if not name.startswith(tuple(exclude))}
     return state
 
 
@@ -85,6 +94,7 @@ def load_pretrained(
     *,
     key: str | None = None,
     prefix: str = "",
+    exclude: Sequence[str] = (),
     strict: bool = True,
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
@@ -95,9 +105,9 @@ def load_pretrained(
     shape mismatches are still errors; missing and unexpected keys are allowed (and logged by the
     caller if it wants: the returned module carries them as ``module.pretrained_mismatch``).
 
-    See :func:`read_state_dict` for ``key``, ``prefix`` and the containers understood.
+    See :func:`read_state_dict` for ``key``, ``prefix``, ``exclude`` and the containers understood.
     """
-    state = read_state_dict(path, key=key, prefix=prefix, map_location=map_location)
+    state = read_state_dict(path, key=key, prefix=prefix, exclude=exclude, map_location=map_location)
     own = module.state_dict()
     missing = [name for name in own if name not in state]
     unexpected = [name for name in state if name not in own]
@@ -120,6 +130,23 @@ def load_pretrained(
     module.load_state_dict(state, strict=strict)
     module.pretrained_mismatch = {"missing": missing, "unexpected": unexpected}
     return module
+
+
+def network_prefix(path: str | Path) -> str:
+    """Where a checkpoint keeps the network: ``ema.module.`` or ``net.`` in ours, nothing in official files.
+
+    Our Lightning checkpoints (``*.ckpt``) are read memory-mapped, so finding the prefix costs no full read.
+    """
+    path = Path(path)
+    if path.suffix != ".ckpt":
+        return ""
+    if not path.is_file():
+        raise ConfigError(f"pretrained weights {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("state_dict", {})
+    for prefix in ("ema.module.", "net."):
+        if any(name.startswith(prefix) for name in state):
+            return prefix
+    raise ConfigError(f"pretrained weights {path}: a .ckpt without net.* or ema.module.* weights")
 
 
 def _is_state_dict(content: Mapping) -> bool:

@@ -27,38 +27,19 @@ is 48·s. Validation, test and prediction restore whole images through
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from restoration.archs import load_pretrained
+from restoration.archs import load_pretrained, network_prefix
 from restoration.archs.ipt import IPT
 from restoration.errors import ConfigError
 from restoration.stages.base import RestorationStage
 from restoration.stages.ipt_pretrain import IPTTiling
 
-__all__ = ["IPTFinetuneStage", "network_prefix"]
+__all__ = ["IPTFinetuneStage"]
 
 log = logging.getLogger(__name__)
-
-
-def network_prefix(path: str | Path) -> str:
-    """Where a checkpoint keeps the network: ``ema.module.`` or ``net.`` in ours, nothing in official files.
-
-    Our Lightning checkpoints (``*.ckpt``) are read memory-mapped, so finding the prefix costs no full read.
-    """
-    path = Path(path)
-    if path.suffix != ".ckpt":
-        return ""
-    if not path.is_file():
-        raise ConfigError(f"pretrained weights {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("state_dict", {})
-    for prefix in ("ema.module.", "net."):
-        if any(name.startswith(prefix) for name in state):
-            return prefix
-    raise ConfigError(f"pretrained weights {path}: a .ckpt without net.* or ema.module.* weights")
 
 
 class IPTFinetuneStage(RestorationStage):
