@@ -7,10 +7,15 @@
   PSNR/SSIM (RGB and Y) through :class:`~restoration.metrics.ImageQuality` of the restored images
   and, as the baseline, of the degraded inputs (``val/degraded/psnr``), and captioned
   degraded | restored | ground-truth grids for a fixed set of images, written as PNG files under
-  ``<run dir>/images`` and sent to the loggers.
+  ``<run dir>/images`` and sent to the loggers;
+- when the data mixes several degradation types (all-in-one), the same metrics per type
+  (``val/<type>/psnr``; the un-prefixed ``val/psnr`` stays the mean over all images);
+- intermediate outputs a stage names in :attr:`RestorationStage.scored_outputs` (e.g. PTG-RM's target
+  network output, ``val/target/psnr``), scored and shown in the grids beside the final output.
 
 A stage subclass implements ``training_step`` and, if its network takes more than the degraded
-image, overrides :meth:`RestorationStage.restore` (used by validation, test and prediction).
+image, overrides :meth:`RestorationStage.restore` (used by validation, test and prediction), or
+:meth:`RestorationStage.restore_for_evaluation` when it has intermediate outputs to score.
 """
 
 from __future__ import annotations
@@ -83,6 +88,9 @@ class EMA(nn.Module):
 class RestorationStage(pl.LightningModule):
     """Base LightningModule of the stages: a trainable restoration network ``net``.
 
+    Subclasses with intermediate outputs list their names in ``scored_outputs`` and return them from
+    :meth:`restore_for_evaluation`; each gets the metrics ``<split>/<name>/psnr`` etc.
+
     Args:
         net: the network being trained; it maps a degraded batch to a restored batch.
         optimizer: ``_partial_`` optimizer factory (called with the trainable parameters).
@@ -132,9 +140,32 @@ class RestorationStage(pl.LightningModule):
                 for name in ("val", "test", "val_degraded", "test_degraded")
             }
         )
+        self.crop_border = crop_border
+        # degradation type names of the data, when it mixes several (set in setup)
+        self.type_names: tuple[str, ...] = ()
         self.diverged_at: tuple[int, float] | None = None
         self.last_validated_step: int | None = None
         self._grids: list[tuple[int, str, np.ndarray, str]] = []
+
+    scored_outputs: tuple[str, ...] = ()
+    """Names of the intermediate outputs of :meth:`restore_for_evaluation` that get their own metrics."""
+
+    def setup(self, stage: str) -> None:
+        # Metrics for each degradation type and each intermediate output, created before Lightning moves
+        # the module to its device. Their states are not saved in checkpoints (torchmetrics default).
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = tuple(getattr(datamodule, "degradation_names", ()) or ())
+        self.type_names = names if len(names) > 1 else ()
+        clashes = sorted({"degraded", *self.scored_outputs} & set(self.type_names))
+        if clashes:
+            raise ConfigError(
+                f"degradation type name(s) {clashes} clash with the metric groups degraded/"
+                f"{'/'.join(self.scored_outputs)}; rename the type(s) in the degradation or datamodule config"
+            )
+        for split in ("val", "test"):
+            for group in (*self.type_names, *self.scored_outputs):
+                if f"{split}_{group}" not in self.metrics:
+                    self.metrics[f"{split}_{group}"] = ImageQuality(crop_border=self.crop_border)
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -190,6 +221,10 @@ class RestorationStage(pl.LightningModule):
             return forward(degraded)
         return tiled_forward(forward, degraded, tile=self.tile, overlap=self.tile_overlap)
 
+    def restore_for_evaluation(self, degraded: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The restored images and the intermediate outputs named in :attr:`scored_outputs`."""
+        return self.restore(degraded), {}
+
     # ---- validation and test ----------------------------------------------------------------
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -217,7 +252,9 @@ class RestorationStage(pl.LightningModule):
 
     def _evaluate(self, batch: dict[str, Any], split: str) -> None:
         degraded, target = batch["lq"], batch["gt"]
-        restored = self.restore(degraded).float().clamp(0, 1)
+        restored, extras = self.restore_for_evaluation(degraded)
+        restored = restored.float().clamp(0, 1)
+        extras = {name: extras[name].float().clamp(0, 1) for name in self.scored_outputs}
         if restored.shape != target.shape:
             raise ConfigError(
                 f"the network maps {tuple(degraded.shape[1:])} to {tuple(restored.shape[1:])} but the ground "
@@ -226,40 +263,59 @@ class RestorationStage(pl.LightningModule):
         baseline = _as_large_as(degraded.float(), target)
         self.metrics[split].update(restored, target)
         self.metrics[f"{split}_degraded"].update(baseline, target)
+        for name, images in extras.items():
+            self.metrics[f"{split}_{name}"].update(images, target)
+        if self.type_names and "type" in batch:
+            for type_id in batch["type"].unique().tolist():
+                chosen = batch["type"] == type_id
+                self.metrics[f"{split}_{self.type_names[type_id]}"].update(restored[chosen], target[chosen])
         output_dir = Path(self.trainer.default_root_dir)
         for i, index in enumerate(batch["index"].tolist()):
             name = batch["name"][i]
             if split == "test" and self.save_test_images:
                 save_png(to_uint8(restored[i]), output_dir / "images" / "test" / "restored" / f"{name}.png")
             if split == "val" and index < self.num_logged_images:
+                intermediate = {key: images[i] for key, images in extras.items()}
                 self._grids.append(
-                    (index, name, *self._grid(degraded[i], baseline[i], restored[i], target[i]))
+                    (index, name, *self._grid(degraded[i], baseline[i], intermediate, restored[i], target[i]))
                 )
 
     def _grid(
-        self, degraded: torch.Tensor, baseline: torch.Tensor, restored: torch.Tensor, target: torch.Tensor
+        self,
+        degraded: torch.Tensor,
+        baseline: torch.Tensor,
+        intermediate: dict[str, torch.Tensor],
+        restored: torch.Tensor,
+        target: torch.Tensor,
     ) -> tuple[np.ndarray, str]:
-        before = self.metrics["val"].per_image(baseline[None], target[None])
-        after = self.metrics["val"].per_image(restored[None], target[None])
+        def scores(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self.metrics["val"].per_image(images[None], target[None])
+
+        before, after = scores(baseline), scores(restored)
+        middle = {key: scores(images) for key, images in intermediate.items()}
         labels = [
             f"degraded {before['psnr'].item():.2f} dB",
+            *(f"{key} {value['psnr'].item():.2f} dB" for key, value in middle.items()),
             f"restored {after['psnr'].item():.2f} dB",
             "ground truth",
         ]
+        steps = [before, *middle.values(), after]
         caption = (
-            f"PSNR {before['psnr'].item():.2f} -> {after['psnr'].item():.2f} dB, "
-            f"SSIM {before['ssim'].item():.4f} -> {after['ssim'].item():.4f}"
+            "PSNR " + " -> ".join(f"{value['psnr'].item():.2f}" for value in steps) + " dB, "
+            "SSIM " + " -> ".join(f"{value['ssim'].item():.4f}" for value in steps)
         )
-        return comparison_grid([degraded, restored, target], labels), caption
+        return comparison_grid([degraded, *intermediate.values(), restored, target], labels), caption
 
     def _finish_evaluation(self, split: str) -> None:
         values = {f"{split}/{key}": value for key, value in self.metrics[split].compute().items()}
-        values |= {
-            f"{split}/degraded/{key}": value
-            for key, value in self.metrics[f"{split}_degraded"].compute().items()
-        }
-        for name in (split, f"{split}_degraded"):
-            self.metrics[name].reset()
+        for group in ("degraded", *self.scored_outputs, *self.type_names):
+            scores = self.metrics[f"{split}_{group}"].compute()
+            # a type with no image in this split (summed over ranks) has no score rather than NaN
+            if group in self.type_names and bool(torch.isnan(scores["psnr"])):
+                continue
+            values |= {f"{split}/{group}/{key}": value for key, value in scores.items()}
+        for name in (split, "degraded", *self.scored_outputs, *self.type_names):
+            self.metrics[name if name == split else f"{split}_{name}"].reset()
         self.log_dict(values, sync_dist=False)
         if split != "val":
             return

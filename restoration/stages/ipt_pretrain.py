@@ -278,7 +278,7 @@ class IPTPretrainStage(RestorationStage):
                 self.metrics[split].update(restored, target)
                 self.metrics[f"{split}_degraded"].update(baseline, target)
                 if split == "val" and index < self.num_logged_images:
-                    grid = self._grid(degraded[0], baseline[0], restored[0], target[0])
+                    grid = self._grid(degraded[0], baseline[0], {}, restored[0], target[0])
                     self._grids.append((index * len(self.net.tasks) + task_index, name, *grid))
 
     def _log_task_metrics(self, split: str) -> None:
