@@ -2,7 +2,7 @@
 
     python -m experiments.official NETWORK --root PATH_TO_OFFICIAL_CHECKOUT [--presets a b]
 
-``NETWORK`` is a module of this package (``restormer``, ``nafnet``, ...). Each module defines
+``NETWORK`` is a module of this package (``restormer``, ``nafnet``, ``constyle``, ...). Each module defines
 
 - ``build(root, preset) -> (ours, official)``: both networks for a preset of ``conf/backbone``, ours
   loaded strictly from the official module's (random, seeded) state dict;

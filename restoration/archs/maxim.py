@@ -193,7 +193,7 @@ class GridGmlpLayer(_GmlpLayer):
         channels: input and output channels.
         grid_size: number of grid cells, (height, width).
         factor: expansion of the input projection.
-        use_bias: biases of the dense layers.
+        use_bias: biases of the in/out projections (the gating unit always has one, as the official code).
     """
 
     def __init__(
@@ -201,7 +201,11 @@ class GridGmlpLayer(_GmlpLayer):
     ) -> None:
         super().__init__(channels=channels, factor=factor, use_bias=use_bias)
         self.GridGatingUnit = GatingUnit(
-            channels=channels * factor, partition="grid", size=grid_size, use_bias=use_bias
+            # always with a bias: the official gMLP layers build their gating unit without passing use_bias
+            channels=channels * factor,
+            partition="grid",
+            size=grid_size,
+            use_bias=True,
         )
 
     @property
@@ -216,7 +220,7 @@ class BlockGmlpLayer(_GmlpLayer):
         channels: input and output channels.
         block_size: block size in pixels, (height, width).
         factor: expansion of the input projection.
-        use_bias: biases of the dense layers.
+        use_bias: biases of the in/out projections (the gating unit always has one, as the official code).
     """
 
     def __init__(
@@ -224,7 +228,11 @@ class BlockGmlpLayer(_GmlpLayer):
     ) -> None:
         super().__init__(channels=channels, factor=factor, use_bias=use_bias)
         self.BlockGatingUnit = GatingUnit(
-            channels=channels * factor, partition="block", size=block_size, use_bias=use_bias
+            # always with a bias: the official gMLP layers build their gating unit without passing use_bias
+            channels=channels * factor,
+            partition="block",
+            size=block_size,
+            use_bias=True,
         )
 
     @property
