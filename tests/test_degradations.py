@@ -44,6 +44,11 @@ OPS = {
     "gaussian_gray_noise": lambda: D.GaussianNoise(sigma=[5, 30], gray_prob=0.5),
     "jpeg_kornia": lambda: D.JPEG(quality=[10, 50], backend="kornia"),
     "bicubic_torch": lambda: D.BicubicDownsample(scale=2, method="torch"),
+    "real_esrgan_blur": lambda: D.RealESRGANBlur(),
+    "sinc_filter": lambda: D.SincFilter(),
+    "real_esrgan_noise": lambda: D.RealESRGANNoise(),
+    "second_order_per_batch": lambda: D.SecondOrder(resize_per_batch=True),
+    "quantize_floor": lambda: D.Quantize(rounding="floor"),
 }
 SCALE_ONE = [name for name in OPS if not name.startswith("bicubic")]
 
@@ -75,7 +80,9 @@ def test_same_seed_same_output_other_seed_other_output(name: str) -> None:
     first, first_ids = op(images, generator(7))
     again, again_ids = op(images, generator(7))
     assert torch.equal(first, again) and torch.equal(first_ids, again_ids)
-    if name not in ("none", "bicubic_x2", "bicubic_x3", "bicubic_x4", "bicubic_torch"):
+    # these draw nothing: one fixed function of the input
+    fixed = ("none", "bicubic_x2", "bicubic_x3", "bicubic_x4", "bicubic_torch", "contrast", "quantize_floor")
+    if name not in fixed:
         other, other_ids = op(images, generator(8))
         assert not torch.equal(first, other) or not torch.equal(first_ids, other_ids)
 
@@ -133,6 +140,20 @@ def test_bad_batches_are_rejected(images: torch.Tensor, gen: object, match: str)
         (lambda: D.RandomCompose(ops=[D.Identity()], p=[0.5, 0.5]), "one per op"),
         (lambda: D.AllInOne(ops={"a": D.Identity()}, weights=[-1]), "weights"),
         (lambda: D.AllInOne(ops={"a": D.Identity(), "b": "noise"}), r"ops\['b'\]"),
+        (lambda: D.RealESRGANBlur(kernel_prob=[1, 0, 0]), "kernel_prob must be a list of 6"),
+        (lambda: D.RealESRGANBlur(betag=[2, 4]), "lo <= 1 <= hi"),
+        (lambda: D.RealESRGANBlur(kernel_size=[6, 20]), "kernel_size must be odd"),
+        (lambda: D.SincFilter(cutoff=4.0), "cutoff must lie in"),
+        (lambda: D.RealESRGANNoise(gaussian_prob=2), "gaussian_prob"),
+        (
+            lambda: D.SecondOrder(blur1=D.GaussianBlur(kernel_size=7, sigma=1)),
+            "blur1 must be a RealESRGANBlur",
+        ),
+        (lambda: D.SecondOrder(resize_prob1=[0.5, 0.5]), "resize_prob1 must be a list of 3"),
+        (lambda: D.SecondOrder(resize_range2=[1.1, 1.5]), "resize_range2"),
+        (lambda: D.Contrast(severity=6), "severity must lie in"),
+        (lambda: D.Snow(severity=[0, 2]), "severity must lie in"),
+        (lambda: D.Quantize(rounding="ceil"), "rounding"),
     ],
 )
 def test_bad_arguments_raise_clear_value_errors(make, match: str) -> None:
@@ -162,6 +183,12 @@ def test_empty_batch() -> None:
         lambda: D.JPEG(quality=[5, 95]),
         lambda: D.Haze(beta=[0.2, 2.0], airlight=[0.6, 1.0]),
         lambda: D.LowLight(),
+        lambda: D.RealESRGANBlur(),
+        lambda: D.SincFilter(prob=1.0, cutoff=[0.3, 3.0]),
+        lambda: D.RealESRGANNoise(),
+        lambda: D.SecondOrder(),
+        lambda: D.Contrast(severity=[1, 5]),
+        lambda: D.Snow(severity=[1, 5]),
     ],
 )
 def test_each_sample_draws_its_own_parameters(make) -> None:
@@ -526,6 +553,10 @@ def test_every_preset_has_a_config() -> None:
         "lowlight",
         "random_mix",
         "allinone",
+        "second_order",
+        "contrast",
+        "snow",
+        "constyle_v2",
     }
 
 
@@ -547,11 +578,11 @@ def test_validation_sized_single_images_work() -> None:
     assert degraded.shape == (1, 3, 107, 160)
 
 
-def test_all_in_one_config_names_its_seven_types() -> None:
+def test_all_in_one_config_names_its_eight_types() -> None:
     op = load("allinone")
-    assert op.names == ("noise", "jpeg", "motion_blur", "defocus_blur", "haze", "lowlight", "rain")
+    assert op.names == ("noise", "jpeg", "motion_blur", "defocus_blur", "haze", "lowlight", "rain", "snow")
     _, type_ids = op(photo(64, 16, 16), generator())
-    assert set(type_ids.tolist()) == set(range(7))
+    assert set(type_ids.tolist()) == set(range(8))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -566,3 +597,233 @@ def test_ops_run_on_cuda(name: str) -> None:
     assert torch.equal(degraded, again)
     with pytest.raises(ValueError, match="generator is on cpu"):
         op(images, generator())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real-ESRGAN kernels, noise and second-order pipeline; ImageNet-C contrast and snow; ConStyle v2
+
+
+def one_type(kind: str, **kwargs) -> D.RealESRGANBlur:
+    """A RealESRGANBlur that draws only ``kind`` kernels (no sinc)."""
+    probs = [float(name == kind) for name in D.REAL_ESRGAN_KERNEL_TYPES]
+    return D.RealESRGANBlur(kernel_prob=probs, sinc_prob=0.0, **kwargs)
+
+
+def test_real_esrgan_kernels_sum_to_one_and_follow_the_type_probabilities() -> None:
+    op = D.RealESRGANBlur()
+    kernels, kinds = op.kernels(4000, generator(1), torch.device("cpu"))
+    assert kernels.shape == (4000, 21, 21)
+    assert torch.allclose(kernels.sum(dim=(1, 2)), torch.ones(4000), atol=1e-5)
+    # every kernel is point-symmetric, so correlation and convolution agree
+    assert torch.allclose(kernels, kernels.flip(-2, -1), atol=1e-6)
+    frequency = torch.bincount(kinds, minlength=7).float() / 4000
+    expected = torch.tensor([0.9 * p for p in (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)] + [0.1])
+    assert torch.allclose(frequency, expected, atol=0.025)
+    # the drawn sizes are odd in 7..21: the support of a sinc kernel (no underflow) is a centred odd square
+    support = (kernels[kinds == D.SINC] != 0).sum(dim=1).amax(dim=1)
+    assert set(support.tolist()) <= set(range(7, 22, 2)) and len(set(support.tolist())) == 8
+
+
+@pytest.mark.parametrize("isotropy", ["iso", "aniso"])
+def test_generalized_gaussian_with_beta_one_is_the_gaussian(isotropy: str) -> None:
+    gaussian, _ = one_type(isotropy).kernels(16, generator(2), torch.device("cpu"))
+    generalized, _ = one_type(f"generalized_{isotropy}", betag=[1.0, 1.0]).kernels(
+        16, generator(2), torch.device("cpu")
+    )
+    assert torch.allclose(gaussian, generalized, atol=1e-7)
+
+
+def test_isotropic_kernels_have_the_real_esrgan_shapes() -> None:
+    # σ = 2 and 21 taps fixed: the profile K(r)/K(0) reveals each family's formula and its β
+    radius2 = D._centred_grid(21, torch.device("cpu"))
+    q = (radius2[0] ** 2 + radius2[1] ** 2)[0] / 4
+    # away from q = 1, where log q = 0, and where the kernels are well above float32 rounding
+    ring = (q > 0.2) & (q < 2.5) & ((q - 1).abs() > 0.1)
+    gaussian, _ = one_type("iso", sigma=2.0, kernel_size=21).kernels(4, generator(), torch.device("cpu"))
+    expected = torch.exp(-0.5 * q)
+    assert torch.allclose(gaussian, (expected / expected.sum()).expand(4, -1, -1), atol=1e-7)
+    generalized, _ = one_type("generalized_iso", sigma=2.0, kernel_size=21).kernels(
+        64, generator(), torch.device("cpu")
+    )
+    plateau, _ = one_type("plateau_iso", sigma=2.0, kernel_size=21).kernels(
+        64, generator(), torch.device("cpu")
+    )
+    centre = (slice(None), 10, 10)
+    # generalized: K/K0 = exp(-q**β / 2); plateau: K/K0 = 1 / (1 + q**β)
+    beta_g = torch.log(-2 * torch.log(generalized / generalized[centre][:, None, None])) / torch.log(q)
+    beta_p = torch.log(plateau[centre][:, None, None] / plateau - 1) / torch.log(q)
+    for beta, (low, high) in ((beta_g[:, ring], (0.5, 4.0)), (beta_p[:, ring], (1.0, 2.0))):
+        per_kernel = beta.median(dim=1).values
+        assert torch.allclose(beta, per_kernel[:, None], rtol=1e-2)  # one β per kernel
+        assert per_kernel.min() >= low - 1e-3 and per_kernel.max() <= high + 1e-3
+        assert (per_kernel < 0.999).any() or low == 1.0
+        assert (per_kernel > 1.001).any()
+
+
+def test_anisotropic_kernels_are_rotated_and_elongated() -> None:
+    kernels, _ = one_type("aniso", kernel_size=21, sigma=[0.5, 3.0]).kernels(
+        32, generator(), torch.device("cpu")
+    )
+    y, x = (axis[0] for axis in D._centred_grid(21, torch.device("cpu")))
+    # second moments: an isotropic kernel has equal eigenvalues, these mostly do not
+    covariance = torch.stack(
+        [(kernels * y * y).sum((1, 2)), (kernels * y * x).sum((1, 2)), (kernels * x * x).sum((1, 2))], dim=1
+    )
+    trace, det = (
+        covariance[:, 0] + covariance[:, 2],
+        covariance[:, 0] * covariance[:, 2] - covariance[:, 1] ** 2,
+    )
+    spread = torch.sqrt((trace**2 / 4 - det).clamp(min=0)) / (trace / 2)
+    assert (spread > 0.2).float().mean() > 0.5
+    assert (covariance[:, 1].abs() > 0.1).any()  # rotated off the axes
+
+
+def reference_sinc(cutoff: float, size: int) -> np.ndarray:
+    """Real-ESRGAN's circular_lowpass_kernel, written from its formula with scipy's Bessel function."""
+    import scipy.special
+
+    axis = np.arange(size) - (size - 1) / 2
+    radius = np.hypot(*np.meshgrid(axis, axis, indexing="ij"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kernel = cutoff * scipy.special.j1(cutoff * radius) / (2 * np.pi * radius)
+    kernel[size // 2, size // 2] = cutoff**2 / (4 * np.pi)
+    return kernel / kernel.sum()
+
+
+def test_sinc_kernels_match_the_formula_and_are_low_passes_with_unit_dc_gain() -> None:
+    kernels = D.SincFilter(kernel_size=13, cutoff=1.2, prob=1.0).kernels(2, generator(), torch.device("cpu"))
+    np.testing.assert_allclose(kernels[0].numpy(), reference_sinc(1.2, 13), atol=1e-6)
+    op = D.SincFilter(kernel_size=[7, 21], cutoff=[math.pi / 3, math.pi / 2], prob=1.0)
+    kernels = op.kernels(64, generator(3), torch.device("cpu"))
+    spectrum = torch.fft.fft2(kernels, s=(64, 64)).abs()
+    assert torch.allclose(spectrum[:, 0, 0], torch.ones(64), atol=1e-5)  # DC gain 1
+    assert (spectrum[:, 32, 32] < 0.2).all()  # the Nyquist checkerboard is stopped
+    images = photo(4)
+    flat = torch.full_like(images, 0.4)
+    assert torch.allclose(op.apply(flat, generator()), flat, atol=1e-5)
+    # without the filter (prob 0) the impulse kernel passes the batch through
+    assert torch.equal(D.SincFilter(prob=0.0).apply(images, generator()), images)
+
+
+def test_blur_stage_sinc_cutoff_follows_the_kernel_size() -> None:
+    kernels, kinds = D.RealESRGANBlur(sinc_prob=1.0).kernels(256, generator(4), torch.device("cpu"))
+    assert (kinds == D.SINC).all()
+    assert torch.allclose(kernels.sum(dim=(1, 2)), torch.ones(256), atol=1e-5)
+    size = (kernels[:, 10] != 0).sum(dim=1)
+    # the DC-normalised response at frequency π/4 along x is ~1 when ω > π/4; [π/5, π] reaches below it
+    phase = torch.cos(torch.arange(21) - 10.0) * 0 + torch.cos(math.pi / 4 * (torch.arange(21) - 10.0))
+    response = (kernels * phase).sum(dim=(1, 2))
+    assert response[size < 13].min() > 0.5 and response[size >= 13].min() < 0.5
+
+
+def test_real_esrgan_poisson_noise_scales_with_the_number_of_levels() -> None:
+    # every 8-bit level present: v = 256, so the noise variance at x is x/256 (times scale²)
+    ramp = torch.arange(256.0).div(255).repeat(4, 3, 256, 1)
+    noisy = D.RealESRGANNoise(gaussian_prob=0.0, poisson_scale=1.0, gray_prob=0.0).apply(ramp, generator())
+    middle = (ramp > 0.2) & (ramp < 0.8)  # away from the clipping at 0 and 1
+    variance = ((noisy - ramp)[middle] ** 2).mean() / ramp[middle].mean()
+    assert variance.item() == pytest.approx(1 / 256, rel=0.05)
+    gray = D.RealESRGANNoise(gaussian_prob=0.0, poisson_scale=2.0, gray_prob=1.0).apply(
+        ramp * 0.8, generator()
+    )
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    gaussian = D.RealESRGANNoise(gaussian_prob=1.0, sigma=20.0).apply(
+        torch.full((2, 3, 64, 64), 0.5), generator()
+    )
+    assert (gaussian - 0.5).std().item() == pytest.approx(20 / 255, rel=0.05)
+
+
+def test_usm_sharpening_overshoots_edges_and_keeps_flat_regions() -> None:
+    step = torch.full((1, 3, 64, 64), 0.3)
+    step[..., 32:, :] = 0.7
+    sharpened = D._usm_sharpen(step)
+    assert sharpened[..., 30, 0].max() < 0.3 - 0.01 and sharpened[..., 33, 0].min() > 0.7 + 0.01
+    assert torch.allclose(sharpened[..., :2, :], step[..., :2, :], atol=2e-3)
+
+
+def test_second_order_rounds_to_8_bit_and_degrades() -> None:
+    images = photo(6, 64, 64)
+    for op in (D.SecondOrder(), D.SecondOrder(resize_per_batch=True, sharpen=False)):
+        degraded, _ = op(images, generator(5))
+        assert torch.equal(degraded, (degraded * 255).round() / 255)
+        assert ((degraded - images).pow(2).mean(dim=(1, 2, 3)) > 1e-4).all()
+
+
+def test_second_order_config_spells_out_the_defaults() -> None:
+    def settings(op: object) -> dict:
+        return {
+            key: settings(value) if isinstance(value, D.Degradation) else value
+            for key, value in vars(op).items()
+        }
+
+    assert settings(load("second_order")) == settings(D.SecondOrder())
+
+
+def test_contrast_scales_the_deviation_from_each_channel_mean() -> None:
+    images = photo(3) * 0.5 + 0.25  # no clipping
+    low, _ = D.Contrast(severity=1)(images, generator())
+    means = images.mean(dim=(2, 3), keepdim=True)
+    assert torch.allclose(low, (images - means) * 0.4 + means, atol=1e-6)
+    lower, _ = D.Contrast(severity=5)(images, generator())
+    assert torch.allclose(lower.std(dim=(2, 3)), images.std(dim=(2, 3)) * 0.05, atol=1e-6)
+
+
+def test_streak_kernel_is_imagemagick_one_sided_motion_blur() -> None:
+    kernels = D._streak_kernels(torch.tensor([-90.0, 0.0]), radius=8, sigma=3)
+    assert kernels.shape == (2, 33, 33)
+    assert torch.allclose(kernels.sum(dim=(1, 2)), torch.ones(2))
+    weights = torch.exp(-(torch.arange(17.0) ** 2) / 18)
+    # -90°: taps straight up from the centre (row 16 - i); 0°: straight right (column 16 + i)
+    assert torch.allclose(kernels[0, :17, 16].flip(0), weights / weights.sum())
+    assert torch.allclose(kernels[1, 16, 16:], weights / weights.sum())
+    assert kernels[0].count_nonzero() == 17 and kernels[1].count_nonzero() == 17
+
+
+def test_clipped_zoom_matches_scipy() -> None:
+    import scipy.ndimage
+
+    field = torch.randn(1, 1, 37, 50, generator=generator())
+    for zoom in (1.75, 2.25, 1.25):
+        array = field[0, 0].double().numpy()
+        h, w = array.shape
+        ch, cw = math.ceil(h / zoom), math.ceil(w / zoom)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        zoomed = scipy.ndimage.zoom(array[top : top + ch, left : left + cw], zoom, order=1)
+        top, left = (zoomed.shape[0] - h) // 2, (zoomed.shape[1] - w) // 2
+        expected = zoomed[top : top + h, left : left + w]
+        np.testing.assert_allclose(D._clipped_zoom(field, zoom)[0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_snow_whitens_and_adds_falling_flakes() -> None:
+    images = photo(8, 64, 64)
+    for severity in range(1, 6):
+        snowy, _ = D.Snow(severity=severity)(images, generator())
+        assert (snowy >= images - 1e-6).all()  # snow only brightens
+    black = torch.zeros(8, 3, 64, 64)
+    light = D.Snow(severity=1).layer(8, 64, 64, 1, generator(), torch.device("cpu"))
+    heavy = D.Snow(severity=5).layer(8, 64, 64, 5, generator(), torch.device("cpu"))
+    assert 0 < light.mean() < heavy.mean()
+    assert torch.equal(light, (light * 255).round() / 255)
+    # streaks fall within 45° of the vertical: the layer varies more across the columns than along them
+    along = (heavy[..., 1:, :] - heavy[..., :-1, :]).abs().mean()
+    across = (heavy[..., :, 1:] - heavy[..., :, :-1]).abs().mean()
+    assert across > along
+    snowy, _ = D.Snow(severity=1)(black, generator())
+    assert torch.equal(snowy[:, 0], snowy[:, 1])  # gray flakes on a gray (here black, whitened) image
+    assert snowy.mean() >= 0.2 * 0.5  # (1 - 0.8)·max(0, 1.5·0 + 0.5) before the flakes
+
+
+def test_constyle_v2_takes_the_snow_branch_40_percent_of_the_time() -> None:
+    config = OmegaConf.load(CONF_DIR / "constyle_v2.yaml")
+    config.ops.second_order.resize_per_batch = True  # one resize group: fast enough for 200 samples
+    op = instantiate(config)
+    assert op.names == ("contrast_snow", "second_order")
+    images = photo(200, 16, 16)
+    degraded, type_ids = op(images, generator(11))
+    assert abs((type_ids == 0).float().mean().item() - 0.4) < 0.08
+    snow_branch = type_ids == 0
+    assert torch.equal(degraded, (degraded * 255).round() / 255)
+    assert (degraded[snow_branch] >= images[snow_branch] * 0.4 - 1 / 255).all()
+    # contrast + snow whitens: its samples are brighter on average than the clean ones, unlike the others
+    brightening = (degraded - images).mean(dim=(1, 2, 3))
+    assert brightening[snow_branch].min() > 0.05 and brightening[~snow_branch].abs().mean() < 0.05

@@ -32,6 +32,13 @@ What each operation implements, and where it comes from:
   2019).
 - :class:`LowLight` — gamma darkening plus Poisson-Gaussian noise, a synthetic stand-in for LOL (Wei et al.,
   "Deep Retinex decomposition for low-light enhancement", BMVC 2018).
+- :class:`RealESRGANBlur`, :class:`SincFilter`, :class:`RealESRGANNoise`, :class:`SecondOrder` — Real-ESRGAN's
+  blur kernels (Gaussian, generalized Gaussian, plateau, 2-D sinc), noise and second-order pipeline (Wang et
+  al., "Real-ESRGAN", ICCVW 2021), at scale 1 as ConStyle v2 pre-trains (Fan et al., arXiv 2406.18242);
+  :class:`Quantize` — rounding to 8-bit levels.
+- :class:`Contrast` and :class:`Snow` — ImageNet-C's contrast and snow (Hendrycks and Dietterich,
+  "Benchmarking neural network robustness to common corruptions and perturbations", ICLR 2019), the snow
+  with ConStyle v2's severity table and ImageMagick's motion blur rebuilt as per-sample kernels.
 - :class:`RandomCompose` — a random chain of operations per sample (Real-ESRGAN-style mixtures);
   :class:`AllInOne` — one degradation type per sample with its type id, for all-in-one restoration (ConStyle
   v2, PromptIR).
@@ -56,8 +63,11 @@ from restoration.errors import ConfigError
 
 __all__ = [
     "JPEG",
+    "REAL_ESRGAN_KERNEL_TYPES",
+    "SINC",
     "AllInOne",
     "BicubicDownsample",
+    "Contrast",
     "DefocusBlur",
     "Degradation",
     "GaussianBlur",
@@ -68,8 +78,14 @@ __all__ = [
     "MotionBlur",
     "PoissonGaussianNoise",
     "PoissonNoise",
+    "Quantize",
     "RainStreaks",
     "RandomCompose",
+    "RealESRGANBlur",
+    "RealESRGANNoise",
+    "SecondOrder",
+    "SincFilter",
+    "Snow",
 ]
 
 # Kernels at least this wide are applied through the FFT: on the 2-core CPU the direct grouped convolution
@@ -173,13 +189,16 @@ def _border(images: Tensor, kernel_size: int) -> str:
     return "reflect" if kernel_size // 2 < min(images.shape[-2:]) else "replicate"
 
 
-def _filter_per_sample(images: Tensor, kernels: Tensor, *, method: str = "auto") -> Tensor:
+def _filter_per_sample(
+    images: Tensor, kernels: Tensor, *, method: str = "auto", border: str | None = None
+) -> Tensor:
     """Correlate each sample with its own ``k×k`` kernel (``N×k×k``), reflect padding, same output size.
 
-    ``method`` is ``"direct"`` (grouped convolution), ``"fft"`` or ``"auto"`` (the faster one for the size).
+    ``method`` is ``"direct"`` (grouped convolution), ``"fft"`` or ``"auto"`` (the faster one for the size);
+    ``border`` overrides the padding (``"replicate"``, ...).
     """
     size = kernels.shape[-1]
-    border = _border(images, size)
+    border = _border(images, size) if border is None else border
     if method == "direct" or (method == "auto" and size < _FFT_MIN_KERNEL):
         return kornia.filters.filter2d(images, kernels, border_type=border)
     # kornia.filters.fft_conv transforms the kernel once per channel; once per sample is enough
@@ -997,3 +1016,570 @@ class AllInOne(Degradation):
             if index.numel() > 0:
                 degraded[index] = op.apply(images[index], generator)
         return degraded, type_ids
+
+
+# Real-ESRGAN kernels, noise and the second-order pipeline
+
+# Real-ESRGAN's kernel families in the order of its kernel_list (the order of ``kernel_prob``); a sample's
+# kernel type id is its position here, or SINC for a 2-D sinc kernel.
+REAL_ESRGAN_KERNEL_TYPES = (
+    "iso",
+    "aniso",
+    "generalized_iso",
+    "generalized_aniso",
+    "plateau_iso",
+    "plateau_aniso",
+)
+SINC = len(REAL_ESRGAN_KERNEL_TYPES)
+# Real-ESRGAN's cut-off rule for sinc blur kernels of 7-21 taps: below 13 taps [π/3, π], else [π/5, π]
+_SINC_SMALL_KERNEL = 13
+# cv2.getGaussianKernel(51, 0), the blur of Real-ESRGAN's USMSharp(radius=50): σ = 0.3·((51 - 1)/2 - 1) + 0.8
+_USM_SIZE, _USM_SIGMA = 51, 8.0
+_RESIZE_MODES = ("area", "bilinear", "bicubic")
+
+
+def _as_probabilities(value: Sequence[float], *, arg: str, count: int) -> tuple[float, ...]:
+    """Relative frequencies of ``count`` outcomes: non-negative numbers, not all zero."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != count:
+        raise ConfigError(f"{arg} must be a list of {count} non-negative numbers, got {value!r}")
+    if any(isinstance(p, bool) or not isinstance(p, int | float) or p < 0 for p in value) or sum(value) <= 0:
+        raise ConfigError(f"{arg} must be non-negative numbers, not all zero, got {list(value)}")
+    return tuple(float(p) for p in value)
+
+
+def _as_range_around_one(value: Sequence[float], *, arg: str, low: float = 0.0) -> tuple[float, float]:
+    """A ``[lo, hi]`` range with ``lo <= 1 <= hi``: Real-ESRGAN draws from [lo, 1] or from [1, hi]."""
+    lo, hi = _as_range(value, arg=arg, low=low)
+    if not lo <= 1 <= hi:
+        raise ConfigError(f"{arg} must be [lo, hi] with lo <= 1 <= hi, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def _sinc_kernels(cutoff: Tensor, size: Tensor, *, grid: int) -> Tensor:
+    """Circular low-pass kernels ``ω·J1(ω·r) / (2π·r)``, ``N×grid×grid``, cut to each odd size, normalised.
+
+    The ideal low-pass filter with a circular pass band of radius ``ω`` (``cutoff``, radians per pixel), as in
+    Real-ESRGAN's ``circular_lowpass_kernel``; at ``r = 0`` it takes its limit ``ω²/(4π)``.
+    """
+    n = cutoff.shape[0]
+    omega = cutoff.view(n, 1, 1)
+    y, x = _centred_grid(grid, cutoff.device)
+    radius = torch.sqrt(y**2 + x**2)
+    bessel = omega * torch.special.bessel_j1(omega * radius) / (2 * math.pi * radius.clamp(min=1e-6))
+    kernels = torch.where(radius > 0, bessel, omega**2 / (4 * math.pi))
+    half = ((size - 1) / 2).view(n, 1, 1)
+    return _normalise(kernels * ((y.abs() <= half) & (x.abs() <= half)))
+
+
+def _luma(images: Tensor, weights: tuple[float, float, float]) -> Tensor:
+    red, green, blue = weights
+    return red * images[:, 0:1] + green * images[:, 1:2] + blue * images[:, 2:3]
+
+
+class RealESRGANBlur(Degradation):
+    """Real-ESRGAN's random blur kernels (Wang et al., "Real-ESRGAN", ICCVW 2021), one per sample.
+
+    Each sample gets, with probability ``sinc_prob``, a 2-D sinc kernel (ringing and overshoot artefacts) with
+    cut-off ``ω ~ U[π/3, π]`` for sizes below 13 and ``U[π/5, π]`` otherwise; else a kernel of one of the six
+    families drawn with ``kernel_prob``. With ``q = (u/σx)² + (v/σy)²`` in coordinates ``(u, v)`` rotated by
+    ``θ ~ U[-π, π]``: Gaussian ``exp(-q/2)``, generalized Gaussian ``exp(-q**β_g / 2)`` and plateau
+    ``1 / (1 + q**β_p)``; the isotropic variants have ``σy = σx`` and no rotation. ``β`` is drawn from
+    ``[lo, 1]`` or ``[1, hi]`` with probability 1/2 each, as Real-ESRGAN does. Kernels are cut to the drawn
+    odd size, normalised to sum to one, and centred in a common grid of the largest size.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_size: int | Sequence[int] = (7, 21),
+        sigma: float | Sequence[float] = (0.2, 3.0),
+        kernel_prob: Sequence[float] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03),
+        betag: Sequence[float] = (0.5, 4.0),
+        betap: Sequence[float] = (1.0, 2.0),
+        sinc_prob: float = 0.1,
+        name: str = "real_esrgan_blur",
+    ) -> None:
+        """
+        Args:
+            kernel_size: odd kernel side, fixed or ``[lo, hi]`` (odd sizes drawn per sample).
+            sigma: standard deviation in pixels of each axis, ``[lo, hi]`` per sample.
+            kernel_prob: relative frequencies of iso, aniso, generalized_iso, generalized_aniso,
+                plateau_iso and plateau_aniso kernels (``REAL_ESRGAN_KERNEL_TYPES``).
+            betag: shape ``β_g`` of the generalized Gaussians, ``[lo, hi]`` with ``lo <= 1 <= hi``.
+            betap: shape ``β_p`` of the plateau kernels, ``[lo, hi]`` with ``lo <= 1 <= hi``.
+            sinc_prob: probability that a sample's kernel is a 2-D sinc instead.
+            name: the type name.
+        """
+        self.kernel_size = _as_odd_range(kernel_size, arg="kernel_size")
+        self.sigma = _as_range(sigma, arg="sigma", low=1e-3)
+        self.kernel_prob = _as_probabilities(
+            kernel_prob, arg="kernel_prob", count=len(REAL_ESRGAN_KERNEL_TYPES)
+        )
+        self.betag = _as_range_around_one(betag, arg="betag", low=1e-3)
+        self.betap = _as_range_around_one(betap, arg="betap", low=1e-3)
+        self.sinc_prob = _as_probability(sinc_prob, arg="sinc_prob")
+        self.names = _as_name(name)
+
+    def kernels(self, n: int, generator: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Draw ``n`` kernels ``N×k×k`` (``k`` the largest size) and their type ids (``SINC`` for a sinc)."""
+        grid = self.kernel_size[1]
+        size = _odd_sizes(self.kernel_size, n, generator, device)
+        sinc = torch.rand(n, generator=generator, device=device) < self.sinc_prob
+        small = size < _SINC_SMALL_KERNEL
+        cutoff = torch.rand(n, generator=generator, device=device) * torch.where(
+            small, 2 * math.pi / 3, 4 * math.pi / 5
+        ) + torch.where(small, math.pi / 3, math.pi / 5)
+        probs = torch.tensor(self.kernel_prob, device=device)
+        kind = torch.multinomial(probs, n, replacement=True, generator=generator)
+        sigma_x = _uniform(self.sigma, n, generator, device)
+        sigma_y = _uniform(self.sigma, n, generator, device)
+        rotation = _uniform((-math.pi, math.pi), n, generator, device)
+        below_one = torch.rand(n, generator=generator, device=device) < 0.5
+        unit = torch.rand(n, generator=generator, device=device)
+        isotropic = kind % 2 == 0
+        sigma_y = torch.where(isotropic, sigma_x, sigma_y).view(n, 1, 1)
+        rotation = torch.where(isotropic, torch.zeros_like(rotation), rotation).view(n, 1, 1)
+        family = (kind // 2).view(n, 1, 1)
+        bounds = torch.tensor([self.betag, self.betap], device=device)[(kind // 2).clamp(min=1) - 1]
+        beta = torch.where(
+            below_one, bounds[:, 0] + unit * (1 - bounds[:, 0]), 1 + unit * (bounds[:, 1] - 1)
+        ).view(n, 1, 1)
+        y, x = _centred_grid(grid, device)
+        along = torch.cos(rotation) * x + torch.sin(rotation) * y
+        across = -torch.sin(rotation) * x + torch.cos(rotation) * y
+        q = (along / sigma_x.view(n, 1, 1)) ** 2 + (across / sigma_y) ** 2
+        shaped = q.pow(beta)
+        values = torch.where(
+            family == 0,
+            torch.exp(-0.5 * q),
+            torch.where(family == 1, torch.exp(-0.5 * shaped), 1 / (1 + shaped)),
+        )
+        half = ((size - 1) / 2).view(n, 1, 1)
+        blur = _normalise(values * ((y.abs() <= half) & (x.abs() <= half)))
+        kernels = torch.where(sinc.view(n, 1, 1), _sinc_kernels(cutoff, size, grid=grid), blur)
+        return kernels, torch.where(sinc, SINC, kind)
+
+    def filter(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Blur without clamping: sinc kernels overshoot, and Real-ESRGAN clamps only after the noise."""
+        kernels, _ = self.kernels(images.shape[0], generator, images.device)
+        return _filter_per_sample(images, kernels)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return self.filter(images, generator).clamp_(0, 1)
+
+
+class SincFilter(Degradation):
+    """Real-ESRGAN's final sinc filter: with probability ``prob`` a 2-D sinc kernel, else the identity.
+
+    The kernel is the circular low-pass ``ω·J1(ω·r) / (2π·r)`` cut to an odd size drawn per sample and
+    normalised (DC gain 1); it adds the ringing of over-sharpened, resized images.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_size: int | Sequence[int] = (7, 21),
+        cutoff: float | Sequence[float] | None = None,
+        prob: float = 0.8,
+        name: str = "sinc",
+    ) -> None:
+        """
+        Args:
+            kernel_size: odd kernel side, fixed or ``[lo, hi]`` (odd sizes drawn per sample).
+            cutoff: cut-off ``ω`` in radians per pixel, in (0, π], per sample; ``None`` for Real-ESRGAN's
+                final-sinc range ``[π/3, π]``.
+            prob: probability that a sample is filtered.
+            name: the type name.
+        """
+        self.kernel_size = _as_odd_range(kernel_size, arg="kernel_size")
+        bounds = (math.pi / 3, math.pi) if cutoff is None else cutoff
+        self.cutoff = _as_range(bounds, arg="cutoff", low=1e-3, high=math.pi)
+        self.prob = _as_probability(prob, arg="prob")
+        self.names = _as_name(name)
+
+    def kernels(self, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        """Draw ``n`` kernels ``N×k×k`` (``k`` the largest size); unfiltered samples get a centred impulse."""
+        grid = self.kernel_size[1]
+        filtered = torch.rand(n, generator=generator, device=device) < self.prob
+        size = _odd_sizes(self.kernel_size, n, generator, device)
+        cutoff = _uniform(self.cutoff, n, generator, device)
+        impulse = torch.zeros(grid, grid, device=device)
+        impulse[grid // 2, grid // 2] = 1
+        return torch.where(filtered.view(n, 1, 1), _sinc_kernels(cutoff, size, grid=grid), impulse)
+
+    def filter(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """Filter without clamping (the sinc overshoots; Real-ESRGAN clamps after the JPEG or at the end)."""
+        return _filter_per_sample(images, self.kernels(images.shape[0], generator, images.device))
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return self.filter(images, generator).clamp_(0, 1)
+
+
+def _shot_noise(planes: Tensor, generator: torch.Generator) -> Tensor:
+    """Real-ESRGAN's Poisson noise of each sample of ``planes``: ``Poisson(x·v)/v - x`` on the 8-bit-rounded
+    image, ``v`` the number of distinct 8-bit levels of the sample rounded up to a power of two."""
+    n = planes.shape[0]
+    levels = planes.mul(255).round_().clamp_(0, 255)
+    present = torch.zeros(n, 256, dtype=torch.bool, device=planes.device)
+    present.scatter_(1, levels.long().flatten(1), True)
+    vals = torch.exp2(torch.ceil(torch.log2(present.sum(dim=1).float()))).view(n, 1, 1, 1)
+    rounded = levels.div_(255)
+    return torch.poisson(rounded * vals, generator=generator).div_(vals).sub_(rounded)
+
+
+class RealESRGANNoise(Degradation):
+    """Real-ESRGAN's noise: Gaussian (probability ``gaussian_prob``) or Poisson, colour or gray, clipped.
+
+    The Gaussian branch is :class:`GaussianNoise`. The Poisson branch is Real-ESRGAN's, not the photon model
+    of :class:`PoissonNoise`: ``scale·(Poisson(x̂·v)/v - x̂)`` is added to ``x``, where ``x̂`` is ``x`` rounded
+    to 8 bits and ``v`` its number of distinct levels rounded up to a power of two; gray noise is computed on
+    the luma ``0.2989 R + 0.587 G + 0.114 B`` (torchvision's ``rgb_to_grayscale``) and added to every channel.
+    """
+
+    def __init__(
+        self,
+        *,
+        gaussian_prob: float = 0.5,
+        sigma: float | Sequence[float] = (1.0, 30.0),
+        poisson_scale: float | Sequence[float] = (0.05, 3.0),
+        gray_prob: float = 0.4,
+        name: str = "real_esrgan_noise",
+    ) -> None:
+        """
+        Args:
+            gaussian_prob: probability that a sample gets Gaussian rather than Poisson noise.
+            sigma: Gaussian standard deviation on the 0-255 scale, per sample.
+            poisson_scale: factor of the Poisson noise, per sample.
+            gray_prob: probability that a sample's noise is the same on its three channels.
+            name: the type name.
+        """
+        self.gaussian_prob = _as_probability(gaussian_prob, arg="gaussian_prob")
+        self.gaussian = GaussianNoise(sigma=sigma, gray_prob=gray_prob)
+        self.poisson_scale = _as_range(poisson_scale, arg="poisson_scale", low=0)
+        self.gray_prob = self.gaussian.gray_prob
+        self.names = _as_name(name)
+
+    def _poisson(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        scale = _uniform(self.poisson_scale, n, generator, device).view(n, 1, 1, 1)
+        gray = torch.rand(n, generator=generator, device=device) < self.gray_prob
+        noise = torch.empty_like(images)
+        for index, planes in (
+            (torch.nonzero(~gray).flatten(), images),
+            (torch.nonzero(gray).flatten(), _luma(images, (0.2989, 0.587, 0.114))),
+        ):
+            if index.numel() > 0:
+                noise[index] = _shot_noise(planes[index], generator).expand(-1, 3, -1, -1)
+        return noise.mul_(scale).add_(images).clamp_(0, 1)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        gaussian = torch.rand(n, generator=generator, device=device) < self.gaussian_prob
+        noisy = torch.empty_like(images)
+        for index, branch in (
+            (torch.nonzero(gaussian).flatten(), self.gaussian.apply),
+            (torch.nonzero(~gaussian).flatten(), self._poisson),
+        ):
+            if index.numel() > 0:
+                noisy[index] = branch(images[index], generator)
+        return noisy
+
+
+def _usm_sharpen(images: Tensor, *, weight: float = 0.5, threshold: float = 10.0) -> Tensor:
+    """Real-ESRGAN's ``USMSharp``: unsharp masking where the detail exceeds ``threshold`` gray levels, the
+    mask softened by the same 51×51 Gaussian (σ = 8) that makes the blurred copy."""
+    n = images.shape[0]
+    kernels = _gaussian_kernels(torch.full((n,), _USM_SIGMA, device=images.device), size=_USM_SIZE)
+    residual = images - _filter_separable(images, kernels)
+    mask = _filter_separable((residual.abs() * 255 > threshold).float(), kernels)
+    sharp = (images + weight * residual).clamp_(0, 1)
+    return mask * sharp + (1 - mask) * images
+
+
+def _resize(images: Tensor, *, size: tuple[int, int] | None = None, scale: float = 1.0, mode: str) -> Tensor:
+    """``F.interpolate`` without anti-aliasing, as Real-ESRGAN resizes; a ``scale`` maps coordinates by it."""
+    height, width = images.shape[-2:]
+    if size is None:
+        if int(height * scale) >= 1 and int(width * scale) >= 1:
+            return F.interpolate(images, scale_factor=scale, mode=mode)
+        size = (max(1, int(height * scale)), max(1, int(width * scale)))
+    return F.interpolate(images, size=size, mode=mode)
+
+
+class SecondOrder(Degradation):
+    """Real-ESRGAN's second-order degradation (Wang et al., ICCVW 2021) at scale 1, as ConStyle v2 pre-trains.
+
+    Per sample: USM sharpening (``sharpen``); stage 1: ``blur1``, a resize up/down/keep with
+    ``resize_prob1`` over ``resize_range1`` in a random mode (area, bilinear, bicubic), ``noise1``, ``jpeg1``;
+    stage 2: ``blur2`` with probability ``second_blur_prob``, a resize to ``s·(H, W)`` with ``resize_prob2``
+    over ``resize_range2``, ``noise2``; then with probability 1/2 each either [resize back + ``final_sinc``]
+    then ``jpeg2`` or ``jpeg2`` then [resize back + ``final_sinc``]. The output is rounded to 8-bit levels.
+
+    Differences from the official code (ConStyle v2 ``models/constyle_v2_model.py``, BasicSR): the resize
+    scales and modes, the Gaussian/Poisson choice, the second blur and the order of the last step are drawn
+    per sample here and once per batch there (``resize_per_batch=True`` restores that for the resizes and
+    the order); JPEG is real libjpeg at an integer quality instead of DiffJPEG at a float one; gray Gaussian
+    noise is independent per sample (BasicSR reuses one field for the batch). Samples whose resized sizes
+    differ are processed one group at a time.
+    """
+
+    def __init__(
+        self,
+        *,
+        blur1: RealESRGANBlur | None = None,
+        noise1: RealESRGANNoise | None = None,
+        jpeg1: JPEG | None = None,
+        blur2: RealESRGANBlur | None = None,
+        noise2: RealESRGANNoise | None = None,
+        jpeg2: JPEG | None = None,
+        final_sinc: SincFilter | None = None,
+        resize_prob1: Sequence[float] = (0.2, 0.7, 0.1),
+        resize_range1: Sequence[float] = (0.15, 1.5),
+        second_blur_prob: float = 0.8,
+        resize_prob2: Sequence[float] = (0.3, 0.4, 0.3),
+        resize_range2: Sequence[float] = (0.3, 1.2),
+        sharpen: bool = True,
+        resize_per_batch: bool = False,
+        name: str = "second_order",
+    ) -> None:
+        """
+        Args:
+            blur1: the first-stage blur; ``None`` for Real-ESRGAN's (σ in [0.2, 3]).
+            noise1: the first-stage noise; ``None`` for Real-ESRGAN's (σ 1-30, Poisson scale 0.05-3).
+            jpeg1: the first-stage JPEG; ``None`` for quality 30-95.
+            blur2: the second-stage blur; ``None`` for Real-ESRGAN's (σ in [0.2, 1.5]).
+            noise2: the second-stage noise; ``None`` for Real-ESRGAN's (σ 1-25, Poisson scale 0.05-2.5).
+            jpeg2: the second-stage JPEG; ``None`` for quality 30-95.
+            final_sinc: the sinc filter after resizing back; ``None`` for Real-ESRGAN's (probability 0.8).
+            resize_prob1: relative frequencies of up, down and keep in stage 1.
+            resize_range1: ``[lo, hi]`` scale range of stage 1 (down from [lo, 1], up from [1, hi]).
+            second_blur_prob: probability of ``blur2``.
+            resize_prob2: relative frequencies of up, down and keep in stage 2.
+            resize_range2: ``[lo, hi]`` scale range of stage 2, relative to the input size.
+            sharpen: degrade a USM-sharpened copy of the input, as Real-ESRGAN and ConStyle v2 do.
+            resize_per_batch: draw the resize scales and modes and the order of the last step once per batch,
+                as BasicSR does (one group, faster), instead of per sample.
+            name: the type name.
+        """
+        slots = {
+            "blur1": (blur1, RealESRGANBlur, lambda: RealESRGANBlur()),
+            "noise1": (noise1, RealESRGANNoise, lambda: RealESRGANNoise()),
+            "jpeg1": (jpeg1, JPEG, lambda: JPEG(quality=(30, 95))),
+            "blur2": (blur2, RealESRGANBlur, lambda: RealESRGANBlur(sigma=(0.2, 1.5))),
+            "noise2": (
+                noise2,
+                RealESRGANNoise,
+                lambda: RealESRGANNoise(sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5)),
+            ),
+            "jpeg2": (jpeg2, JPEG, lambda: JPEG(quality=(30, 95))),
+            "final_sinc": (final_sinc, SincFilter, lambda: SincFilter()),
+        }
+        for key, (op, kind, default) in slots.items():
+            if op is None:
+                op = default()
+            elif not isinstance(op, kind):
+                raise ConfigError(f"{key} must be a {kind.__name__}, got {type(op).__name__}")
+            setattr(self, key, op)
+        self.resize_prob1 = _as_probabilities(resize_prob1, arg="resize_prob1", count=3)
+        self.resize_range1 = _as_range_around_one(resize_range1, arg="resize_range1", low=1e-3)
+        self.second_blur_prob = _as_probability(second_blur_prob, arg="second_blur_prob")
+        self.resize_prob2 = _as_probabilities(resize_prob2, arg="resize_prob2", count=3)
+        self.resize_range2 = _as_range_around_one(resize_range2, arg="resize_range2", low=1e-3)
+        self.sharpen = bool(sharpen)
+        self.resize_per_batch = bool(resize_per_batch)
+        self.names = _as_name(name)
+
+    @staticmethod
+    def _scales(
+        probs: tuple[float, ...], bounds: tuple[float, float], n: int, generator: torch.Generator, device
+    ) -> Tensor:
+        direction = torch.multinomial(
+            torch.tensor(probs, device=device), n, replacement=True, generator=generator
+        )
+        up = _uniform((1.0, bounds[1]), n, generator, device)
+        down = _uniform((bounds[0], 1.0), n, generator, device)
+        return torch.where(direction == 0, up, torch.where(direction == 1, down, torch.ones_like(up)))
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, height, width = images.shape
+        device = images.device
+        draws = 1 if self.resize_per_batch else n
+        scale1 = self._scales(self.resize_prob1, self.resize_range1, draws, generator, device)
+        scale2 = self._scales(self.resize_prob2, self.resize_range2, draws, generator, device)
+        modes = torch.randint(0, len(_RESIZE_MODES), (draws, 3), generator=generator, device=device)
+        jpeg_last = torch.rand(draws, generator=generator, device=device) < 0.5
+        second_blur = torch.rand(n, generator=generator, device=device) < self.second_blur_prob
+        settings = list(
+            zip(scale1.tolist(), scale2.tolist(), modes.tolist(), jpeg_last.tolist(), strict=True)
+        )
+        groups: dict[tuple, list[int]] = {}
+        for sample in range(n):
+            groups.setdefault(tuple(map(str, settings[0 if self.resize_per_batch else sample])), []).append(
+                sample
+            )
+        source = _usm_sharpen(images) if self.sharpen else images
+        stage1 = self.blur1.filter(source, generator)
+        degraded = torch.empty_like(images)
+        for samples in groups.values():
+            first, second, (mode1, mode2, mode3), last = settings[0 if self.resize_per_batch else samples[0]]
+            index = torch.tensor(samples, device=device)
+            out = _resize(stage1[index], scale=first, mode=_RESIZE_MODES[mode1])
+            out = self.jpeg1.apply(self.noise1.apply(out, generator), generator)
+            blurred = torch.nonzero(second_blur[index]).flatten()
+            if blurred.numel() > 0:
+                out = out.clone()
+                out[blurred] = self.blur2.filter(out[blurred], generator)
+            size = (max(1, int(height * second)), max(1, int(width * second)))
+            out = self.noise2.apply(_resize(out, size=size, mode=_RESIZE_MODES[mode2]), generator)
+            if not last:
+                out = self.jpeg2.apply(out, generator)
+            out = _resize(out, size=(height, width), mode=_RESIZE_MODES[mode3])
+            out = self.final_sinc.filter(out, generator)
+            if last:
+                out = self.jpeg2.apply(out, generator)
+            degraded[index] = out
+        return degraded.mul_(255).round_().clamp_(0, 255).div_(255)
+
+
+class Quantize(Degradation):
+    """Quantization to 8-bit levels, as saving the image to an 8-bit file does."""
+
+    def __init__(self, *, rounding: str = "round", name: str = "quantize") -> None:
+        """
+        Args:
+            rounding: ``"round"`` to the nearest level, or ``"floor"`` as numpy's ``np.uint8(x)`` truncates
+                (ConStyle v2's contrast + snow images are saved that way).
+            name: the type name.
+        """
+        if rounding not in ("round", "floor"):
+            raise ConfigError(f"rounding must be 'round' or 'floor', got {rounding!r}")
+        self.rounding = rounding
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        levels = images.clamp(0, 1).mul(255)
+        return (levels.round_() if self.rounding == "round" else levels.floor_()).div_(255)
+
+
+# ImageNet-C contrast and snow
+
+# ImageNet-C's contrast factors for severities 1-5 (Hendrycks and Dietterich, ICLR 2019)
+_CONTRAST_FACTORS = (0.4, 0.3, 0.2, 0.1, 0.05)
+# ConStyle v2's snow table (data/image_datasets.py, gen_degradations.py), severities 1-5: mean and std of the
+# flake field, zoom, threshold below which it is zeroed, ImageMagick motion-blur radius and sigma, and the
+# weight of the image in the whitening blend
+_SNOW_SEVERITIES = (
+    (0.1, 0.2, 1.0, 0.6, 8, 3, 0.8),
+    (0.1, 0.2, 1.0, 0.5, 10, 4, 0.8),
+    (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7),
+    (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
+    (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6),
+)
+# the snow falls at an angle in [-135°, -45°] of ImageMagick's motion blur (downwards, ±45° from vertical)
+_SNOW_ANGLE = (-135.0, -45.0)
+
+
+class Contrast(Degradation):
+    """ImageNet-C contrast (Hendrycks and Dietterich, ICLR 2019): ``(x - mean)·c + mean``, clipped.
+
+    ``mean`` is each channel's spatial mean, ``c`` is 0.4, 0.3, 0.2, 0.1 or 0.05 for severities 1-5.
+    """
+
+    def __init__(self, *, severity: int | Sequence[int] = 1, name: str = "contrast") -> None:
+        """
+        Args:
+            severity: ImageNet-C severity 1-5, fixed or ``[lo, hi]`` (integers drawn per sample).
+            name: the type name.
+        """
+        self.severity = _as_range(severity, arg="severity", low=1, high=5, integer=True)
+        self.names = _as_name(name)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, device = images.shape[0], images.device
+        severity = _randint(self.severity, n, generator, device)
+        factor = torch.tensor(_CONTRAST_FACTORS, device=device)[severity - 1].view(n, 1, 1, 1)
+        means = images.mean(dim=(2, 3), keepdim=True)
+        return ((images - means) * factor + means).clamp_(0, 1)
+
+
+def _clipped_zoom(images: Tensor, zoom: float) -> Tensor:
+    """ImageNet-C's ``clipped_zoom``: zoom the centre crop ``ceil(H/zoom)×ceil(W/zoom)`` by ``zoom`` as
+    ``scipy.ndimage.zoom(order=1)`` does (linear, corners aligned, side ``round(side·zoom)``), cut to H×W."""
+    height, width = images.shape[-2:]
+    crop_height, crop_width = math.ceil(height / zoom), math.ceil(width / zoom)
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    crop = images[..., top : top + crop_height, left : left + crop_width]
+    zoomed_size = (round(crop_height * zoom), round(crop_width * zoom))
+    zoomed = F.interpolate(crop, size=zoomed_size, mode="bilinear", align_corners=True)
+    top, left = (zoomed_size[0] - height) // 2, (zoomed_size[1] - width) // 2
+    return zoomed[..., top : top + height, left : left + width]
+
+
+def _streak_kernels(angle: Tensor, *, radius: float, sigma: float) -> Tensor:
+    """ImageMagick's ``MotionBlurImage`` as correlation kernels ``N×k×k``, one per angle (degrees).
+
+    ImageMagick averages ``2·ceil(radius) + 1`` pixels at integer offsets ``i·(cos a, sin a)`` (rounded),
+    ``i = 0, 1, ...``, weighted by the half Gaussian ``exp(-i²/(2σ²))``: a one-sided streak.
+    """
+    n = angle.shape[0]
+    taps = 2 * math.ceil(radius) + 1
+    step = torch.arange(taps, device=angle.device, dtype=torch.float32)
+    weight = torch.exp(-(step**2) / (2 * sigma**2))
+    theta = torch.deg2rad(angle).view(n, 1)
+    centre = taps - 1
+    # ceil(v - 0.5) is ImageMagick's rounding of the offsets
+    rows = torch.ceil(step * torch.sin(theta) - 0.5).long() + centre
+    columns = torch.ceil(step * torch.cos(theta) - 0.5).long() + centre
+    grid = torch.arange(2 * taps - 1, device=angle.device)
+    row_hits = (rows[..., None] == grid).float()
+    column_hits = (columns[..., None] == grid).float()
+    return _normalise(torch.einsum("t,nty,ntx->nyx", weight, row_hits, column_hits))
+
+
+class Snow(Degradation):
+    """ImageNet-C snow (Hendrycks and Dietterich, ICLR 2019) with ConStyle v2's table of severities.
+
+    A gray flake field ``N(mean, std)`` is zoomed, thresholded, motion-blurred along a random angle in
+    [-135°, -45°] (ImageMagick's one-sided motion blur, here as a per-sample kernel with replicated
+    borders) and quantized to 8 bits before and after the blur as the official PNG round trip does. The image
+    is whitened, ``w·x + (1 - w)·max(x, 1.5·luma + 0.5)`` with the luma of OpenCV's ``RGB2GRAY``, and the
+    layer is added twice, once rotated by 180°. The official code runs on whole ImageNet photos before the
+    crop; here the flakes are drawn at the resolution of the batch.
+    """
+
+    def __init__(self, *, severity: int | Sequence[int] = 1, name: str = "snow") -> None:
+        """
+        Args:
+            severity: severity 1-5, fixed or ``[lo, hi]`` (integers drawn per sample).
+            name: the type name.
+        """
+        self.severity = _as_range(severity, arg="severity", low=1, high=5, integer=True)
+        self.names = _as_name(name)
+
+    def layer(
+        self, n: int, height: int, width: int, severity: int, generator: torch.Generator, device: torch.device
+    ) -> Tensor:
+        """Draw ``n`` snow layers ``N×1×H×W`` of one severity, before the 180° copy is added."""
+        mean, std, zoom, threshold, radius, sigma, _ = _SNOW_SEVERITIES[severity - 1]
+        flakes = torch.randn(n, 1, height, width, generator=generator, device=device).mul_(std).add_(mean)
+        if zoom != 1:
+            flakes = _clipped_zoom(flakes, zoom)
+        flakes = torch.where(flakes < threshold, 0.0, flakes).clamp_(0, 1).mul_(255).floor_().div_(255)
+        angle = _uniform(_SNOW_ANGLE, n, generator, device)
+        kernels = _streak_kernels(angle, radius=radius, sigma=sigma)
+        streaks = _filter_per_sample(flakes, kernels, border="replicate")
+        return streaks.mul_(255).round_().clamp_(0, 255).div_(255)
+
+    def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        n, _, height, width = images.shape
+        device = images.device
+        severity = _randint(self.severity, n, generator, device)
+        snowy = torch.empty_like(images)
+        for level in sorted(set(severity.tolist())):
+            index = torch.nonzero(severity == level).flatten()
+            keep = _SNOW_SEVERITIES[level - 1][6]
+            clean = images[index]
+            layer = self.layer(index.numel(), height, width, level, generator, device)
+            whitened = torch.maximum(clean, _luma(clean, (0.299, 0.587, 0.114)) * 1.5 + 0.5)
+            snowy[index] = (keep * clean + (1 - keep) * whitened + layer + layer.flip(-2, -1)).clamp_(0, 1)
+        return snowy
