@@ -41,6 +41,7 @@ bench: $(STAMP) ## run the benchmarks in experiments/bench (numbers go into its 
 	$(BIN)/python -m experiments.bench.degradations
 	$(BIN)/python -m experiments.bench.backbones
 	$(BIN)/python -m experiments.bench.ipt
+	$(BIN)/python -m experiments.bench.ptgrm
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf logs outputs multirun wandb .pytest_cache .ruff_cache

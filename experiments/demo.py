@@ -1,11 +1,16 @@
-"""``make demo``: train the plain U-Net to denoise the embedded photos on the CPU, then show the result.
+"""``make demo``: the PTG-RM main job, offline, on the embedded photos and the CPU.
 
-Runs the main job through the real entry point,
+Three runs of the real entry point, then a table and a picture:
 
-    python -m restoration.run experiment=restore_embedded_denoise trainer=cpu max_steps=1000 ...
+1. a prior: a ConStyle v2 prompter pre-trained briefly on the embedded photos
+   (``experiment=constyle_pretrain``, the all-in-one degradations as its pretext classes);
+2. ``experiment=ptgrm_lowlight guide=prior guide.checkpoint=<1>``: a small SNR-aware target network
+   trained jointly with PTG-RM, which refines its output under the frozen prior's features;
+3. ``experiment=ptgrm_lowlight_baseline``: the same target, data, loss and steps without the module.
 
-with a budget that fits a laptop CPU (about 4 minutes on 2 cores), then prints the validation
-table (degraded input vs restored) and where the checkpoints, grids and results.json are.
+It prints target-only vs refined PSNR/SSIM on the four validation photos and writes a side-by-side grid
+(degraded | target only | PTG-RM | ground truth) to ``logs/demo/<stamp>/comparison.png``. With internet
+or cached CLIP weights, ``python -m restoration.run experiment=ptgrm_lowlight`` is the CLIP version.
 """
 
 from __future__ import annotations
@@ -16,39 +21,104 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-# A 277k-parameter U-Net (width 16) on 96-px crops: 0.22 s per step of 8 crops on 2 cores.
-DEMO_OVERRIDES = [
-    "experiment=restore_embedded_denoise",
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from restoration.data.io import read_image
+from restoration.visualize import comparison_grid, save_png
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+PRIOR = [
+    "experiment=constyle_pretrain",
+    "degradation=allinone",  # eight restoration types as the pretext classes
+    "backbone.num_classes=8",
     "trainer=cpu",
-    "max_steps=1000",
-    "val_every=250",
-    "backbone.width=16",
+    "max_steps=300",
+    "val_every=300",
+    "datamodule.crop_size=64",
+    "datamodule.batch_size=8",
+    "stage.queue_size=512",
+    "test=false",
+]
+# The target and the data shared by the PTG-RM run and its baseline: the tiny SNR-aware network on
+# 96-px low-light crops, long enough for the two to separate.
+SHARED = [
+    "backbone=snr_aware_tiny",
+    "trainer=cpu",
+    "max_steps=600",
+    "val_every=300",
     "datamodule.crop_size=96",
-    "stage.optimizer.lr=1e-3",
+    "datamodule.batch_size=4",
+    "stage.optimizer.lr=5e-4",
+    "stage.save_test_images=true",
 ]
 
 
+def _run(name: str, overrides: list[str], root: Path) -> dict:
+    output_dir = root / name
+    command = [sys.executable, "-m", "restoration.run", *overrides, f"hydra.run.dir={output_dir}"]
+    print(f"[{name}] running:", " ".join(command[2:]), flush=True)
+    if subprocess.call(command, stdout=subprocess.DEVNULL) != 0:
+        raise SystemExit(f"the {name} run failed; its log is {output_dir / 'run.log'}")
+    return json.loads((output_dir / "results.json").read_text())
+
+
+def _validation_pairs(overrides: list[str]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """The (name, degraded, ground truth) validation images the runs were scored on (fixed val seed)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=overrides)
+    datamodule = instantiate(cfg.datamodule, degradation=instantiate(cfg.degradation))
+    datamodule.setup("test")
+    dataset = datamodule.datasets["test"]
+    return [(item["name"], item["lq"], item["gt"]) for item in (dataset[i] for i in range(len(dataset)))]
+
+
 def main() -> int:
-    output_dir = Path("logs") / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    command = [sys.executable, "-m", "restoration.run", *DEMO_OVERRIDES, f"hydra.run.dir={output_dir}"]
-    print("running:", " ".join(command[1:]), flush=True)
-    if subprocess.call(command) != 0:
-        print(f"the demo run failed; its log is {output_dir / 'run.log'}", file=sys.stderr)
-        return 1
-    results = json.loads((output_dir / "results.json").read_text())
-    val = results["val"]
-    step = results["global_step"]
-    print(f"\nBlind Gaussian denoising (sigma 0-50), 4 embedded validation photos, step {step}:")
-    print(f"{'':12}{'PSNR':>8}{'SSIM':>8}{'PSNR-Y':>8}{'SSIM-Y':>8}")
-    for label, prefix in (("degraded", "val/degraded/"), ("restored", "val/")):
-        row = [val[f"{prefix}{key}"] for key in ("psnr", "ssim", "psnr_y", "ssim_y")]
-        print(f"{label:12}{row[0]:8.2f}{row[1]:8.4f}{row[2]:8.2f}{row[3]:8.4f}")
-    grids = sorted((output_dir / "images" / "val").glob(f"*_step{step:07d}.png"))
-    print(f"\nresults:     {output_dir / 'results.json'}")
-    print(f"checkpoints: {output_dir / 'checkpoints'}")
-    print(f"grids:       {', '.join(str(path) for path in grids)}")
-    print(f"metrics:     {output_dir / 'csv' / 'metrics.csv'}")
+    root = Path("logs") / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    _run("prior", PRIOR, root)
+    prior = root / "prior" / "checkpoints" / "last.ckpt"
+    refined = _run(
+        "ptgrm",
+        ["experiment=ptgrm_lowlight", "guide=prior", f"guide.checkpoint={prior}", *SHARED],
+        root,
+    )
+    baseline = _run("baseline", ["experiment=ptgrm_lowlight_baseline", *SHARED], root)
+
+    keys = ("psnr", "ssim", "psnr_y", "ssim_y")
+    rows = [
+        ("degraded", baseline["test"], "test/degraded/"),
+        ("target only", baseline["test"], "test/"),
+        ("PTG-RM: target", refined["test"], "test/target/"),
+        ("PTG-RM: refined", refined["test"], "test/"),
+    ]
+    print(f"\nLow-light enhancement, 4 embedded validation photos, {refined['global_step']} steps each:")
+    print(f"{'':18}{'PSNR':>8}{'SSIM':>8}{'PSNR-Y':>8}{'SSIM-Y':>8}")
+    for label, metrics, prefix in rows:
+        values = [metrics[f"{prefix}{key}"] for key in keys]
+        print(f"{label:18}{values[0]:8.2f}{values[1]:8.4f}{values[2]:8.2f}{values[3]:8.4f}")
+
+    panels = []
+    for name, degraded, target in _validation_pairs(["experiment=ptgrm_lowlight_baseline", *SHARED]):
+        only = read_image(root / "baseline" / "images" / "test" / "restored" / f"{name}.png")
+        ours = read_image(root / "ptgrm" / "images" / "test" / "restored" / f"{name}.png")
+        panels.append(
+            comparison_grid([degraded, only, ours, target], ["degraded", "target only", "PTG-RM", "GT"])
+        )
+    grid = root / "comparison.png"
+    save_png(_stack(panels), grid)
+    print(f"\ngrid:        {grid}  (degraded | target only | PTG-RM | ground truth)")
+    print(f"runs:        {root}/{{prior,ptgrm,baseline}} (results.json, checkpoints, csv metrics)")
     return 0
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    """Rows of H×W×3 uint8 arrays, padded to one width, one under the other."""
+    width = max(row.shape[1] for row in rows)
+    padded = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
+    return np.concatenate(padded, axis=0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Losses for restoration.
 
 Pixel losses map (restored, target) to a scalar: L1, Charbonnier and PSNR loss.
+:class:`VGGPerceptualLoss` compares VGG19 features instead of pixels (Johnson et al., ECCV 2016), in the form
+of the PTG-RM / SNR-Aware release (Xu et al., "Boosting Image Restoration via Priors from Pre-trained
+Models", CVPR 2024: official ``models/loss.py`` ``VGGLoss``).
 :class:`PatchContrastiveLoss` maps a batch of token features to a scalar: the contrastive term of IPT's
 pre-training (Chen et al., "Pre-Trained Image Processing Transformer", CVPR 2021).
 """
@@ -8,12 +11,26 @@ pre-training (Chen et al., "Pre-Trained Image Processing Transformer", CVPR 2021
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
-__all__ = ["CharbonnierLoss", "L1Loss", "PSNRLoss", "PatchContrastiveLoss"]
+from restoration.errors import ConfigError
+
+__all__ = [
+    "VGG19_FILE",
+    "CharbonnierLoss",
+    "L1Loss",
+    "PSNRLoss",
+    "PatchContrastiveLoss",
+    "VGGPerceptualLoss",
+]
+
+# torchvision's ImageNet VGG19 weights (VGG19_Weights.IMAGENET1K_V1), the file the official code downloads.
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
 
 
 class L1Loss(nn.Module):
@@ -106,3 +123,98 @@ class PatchContrastiveLoss(nn.Module):
             )
             loss = -(positive_logits - log_denominator)
         return (self.temperature / self.base_temperature) * loss.mean()
+
+
+class VGGPerceptualLoss(nn.Module):
+    """Weighted L1 distance between VGG19 features of the restored and the target images.
+
+    The features are the outputs of relu1_1, relu2_1, relu3_1, relu4_1 and relu5_1 of torchvision's
+    ImageNet VGG19 (``features[:30]``), weighted 1/32, 1/16, 1/8, 1/4 and 1 as the official PTG-RM
+    ``VGGLoss``; the target's features carry no gradient. The network is frozen (eval mode, no gradients)
+    and stays so under ``train()``.
+
+    The weights are read from a local file only, never downloaded: ``weights``, or the torch hub cache
+    (``<torch hub dir>/checkpoints/vgg19-dcbb9e9d.pth``, where torchvision itself would put them). A missing
+    file is a :class:`~restoration.errors.ConfigError` saying where to put it.
+
+    Args:
+        weights: torchvision's ``vgg19-dcbb9e9d.pth`` (full model or only its ``features.*`` keys);
+            ``None`` looks in the torch hub cache.
+        normalize: apply the ImageNet mean/std the weights were trained with to images in [0, 1]; the
+            official ``VGGLoss`` feeds the [0, 1] images unnormalised (``False``).
+        reduction: ``"mean"`` per feature map, or ``"sum"`` as the official ``L1Loss(reduction="sum")``.
+    """
+
+    layer_weights = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+    # End index (exclusive) in torchvision's vgg19().features of relu1_1 ... relu5_1.
+    _layer_ends = (2, 7, 12, 21, 30)
+
+    def __init__(
+        self, *, weights: str | None = None, normalize: bool = True, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"VGGPerceptualLoss reduction={reduction!r}; expected 'mean' or 'sum'")
+        self.reduction = reduction
+        self.normalize = normalize
+        # torchvision's vgg19().features, without building (and initialising) its 120M-parameter classifier
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
+        features = features[: self._layer_ends[-1]]
+        features.load_state_dict(_read_vgg19_features(weights, features))
+        bounds = zip((0, *self._layer_ends[:-1]), self._layer_ends, strict=True)
+        self.slices = nn.ModuleList(features[start:end] for start, end in bounds)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
+        return super().train(False)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The relu1_1 ... relu5_1 activations of N×3×H×W ``images`` in [0, 1]."""
+        if self.normalize:
+            images = (images - self.mean) / self.std
+        activations = []
+        for layers in self.slices:
+            images = layers(images)
+            activations.append(images)
+        return activations
+
+    def forward(self, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target_features = self.features(target)
+        loss = restored.new_zeros(())
+        for weight, ours, theirs in zip(
+            self.layer_weights, self.features(restored), target_features, strict=True
+        ):
+            distance = (ours - theirs).abs()
+            loss = loss + weight * (distance.mean() if self.reduction == "mean" else distance.sum())
+        return loss
+
+
+def _read_vgg19_features(weights: str | None, features: nn.Sequential) -> dict[str, torch.Tensor]:
+    """The state dict of ``features`` (VGG19 up to relu5_1) from a local torchvision weights file."""
+    path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+    if not path.is_file():
+        where = f"put torchvision's {VGG19_FILE} there" if weights is None else "check the path"
+        raise ConfigError(
+            f"VGG19 perceptual loss: weights file {path} not found ({where}; it is never downloaded at run "
+            f"time: https://download.pytorch.org/models/{VGG19_FILE})"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    expected = features.state_dict()
+    # torchvision's file holds the whole classifier network: keep the feature layers up to relu5_1.
+    chosen = {name: state.get(f"features.{name}", state.get(name)) for name in expected}
+    wrong = [
+        name
+        for name, tensor in chosen.items()
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape
+    ]
+    if wrong:
+        raise ConfigError(
+            f"{path}: not torchvision VGG19 weights: missing or misshapen features.{wrong[0]} "
+            f"({len(wrong)} of {len(expected)} layers)"
+        )
+    return {name: tensor.float() for name, tensor in chosen.items()}

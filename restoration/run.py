@@ -278,8 +278,9 @@ def run(cfg: DictConfig) -> float | None:
     degradation = instantiate(cfg.degradation)
     datamodule = instantiate(cfg.datamodule, degradation=degradation)
     net = build_backbone(cfg)
-    guide = {"guide": instantiate(cfg.guide)} if cfg.get("guide") else {}
-    stage = instantiate(cfg.stage, net=net, **guide)
+    # a frozen pre-trained guide and a guided refinement module (PTG-RM), for the stages that take them
+    extras = {name: instantiate(cfg[name]) for name in ("guide", "refiner") if cfg.get(name)}
+    stage = instantiate(cfg.stage, net=net, **extras)
 
     # The config as plain containers, interpolations resolved, without Hydra's own node.
     resolved = {

@@ -17,6 +17,7 @@ GROUPS = (
     "degradation",
     "guide",
     "logger",
+    "refiner",
     "stage",
     "trainer",
 )

@@ -18,6 +18,7 @@ from restoration.losses import L1Loss
 from restoration.run import run
 
 from .conftest import EXPERIMENTS, run_cli, write_image
+from .guide_models import save_tiny_open_clip, save_tiny_prior
 
 # A small network keeps the tests that are not about an experiment's own settings fast.
 SMALL = ("backbone.width=8", "backbone.blocks=1", "datamodule.batch_size=2", "datamodule.crop_size=48")
@@ -36,11 +37,44 @@ IPT_SMOKE = (
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
 )
+# The ConStyle and PTG-RM recipes at tiny sizes, with tiny random guides saved in the real formats.
+CONSTYLE_PRETRAIN_SMOKE = ("datamodule.batch_size=4", "datamodule.crop_size=64", "stage.queue_size=64")
+PTGRM_TARGETS = {"lowlight": "snr_aware_tiny"}
+# What a prompter validates: its pretext and contrastive scores (no image metrics, no grids).
+PROMPTER_SCORES = {"pretext_top1", "infonce_top1", "infonce", "cosine"}
+
+
+def _smoke_overrides(experiment: str, folder: Path) -> tuple[str, ...]:
+    """The overrides that make ``experiment`` a one-minute CPU run (tiny sizes, tiny local guides)."""
+    if experiment.startswith("ipt_"):
+        return IPT_SMOKE
+    if experiment == "constyle_pretrain":
+        return CONSTYLE_PRETRAIN_SMOKE
+    if experiment == "constyle_allinone":
+        prior = save_tiny_prior(folder / "prior")
+        return ("backbone=constyle_nafnet_tiny", f"guide.checkpoint={prior}", "datamodule.crop_size=64")
+    if experiment == "origin_allinone":
+        return ("backbone=nafnet_tiny", "datamodule.crop_size=64")
+    if experiment.startswith("ptgrm_"):
+        task = experiment.split("_")[1]
+        target = PTGRM_TARGETS.get(task, "restormer_tiny")
+        common = (f"backbone={target}", "datamodule.crop_size=64")
+        if experiment.endswith("_baseline"):
+            return common
+        clip = save_tiny_open_clip(folder / "clip")
+        return (
+            *common,
+            f"guide.model={clip.model}",
+            f"guide.model_config={clip.model_config}",
+            f"guide.pretrained={clip.pretrained}",
+            "refiner=ptgrm_tiny",
+        )
+    return ()
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_runs_with_smoke_trainer(experiment: str, make_config) -> None:
-    extra = IPT_SMOKE if experiment.startswith("ipt_") else ()
+def test_experiment_runs_with_smoke_trainer(experiment: str, make_config, tmp_path: Path) -> None:
+    extra = _smoke_overrides(experiment, tmp_path / "models")
     cfg = make_config(f"experiment={experiment}", "trainer=smoke", *extra)
     value = run(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -48,10 +82,17 @@ def test_experiment_runs_with_smoke_trainer(experiment: str, make_config) -> Non
     assert results["experiment"] == experiment and results["status"] == "finished"
     assert results["global_step"] == 4
     metrics = {"psnr", "ssim", "psnr_y", "ssim_y"}
-    # multi-task stages add per-task keys (val/<task>/psnr) to the shared set
-    assert set(results["val"]) >= {f"val/{m}" for m in metrics} | {f"val/degraded/{m}" for m in metrics}
+    if experiment == "constyle_pretrain":
+        metrics, degraded = PROMPTER_SCORES, set()
+    else:
+        degraded = {f"degraded/{m}" for m in metrics}
+    # multi-task stages and all-in-one data add per-task keys (val/<task>/psnr) to the shared set
+    assert set(results["val"]) >= {f"val/{m}" for m in metrics | degraded}
     assert all(math.isfinite(number) for number in results["val"].values())
-    assert set(results["test"]) >= {f"test/{m}" for m in metrics} | {f"test/degraded/{m}" for m in metrics}
+    assert set(results["test"]) >= {f"test/{m}" for m in metrics | degraded}
+    # PTG-RM scores its target network's output beside the refined one, so the gain shows in every run
+    guided = experiment.startswith("ptgrm_") and not experiment.endswith("_baseline")
+    assert ("val/target/psnr" in results["val"]) == ("test/target/psnr" in results["test"]) == guided
     assert value == pytest.approx(results["best"]["value"])
     assert (output_dir / "checkpoints" / "last.ckpt").is_file()
     assert Path(results["best"]["checkpoint"]).is_file()
@@ -59,12 +100,15 @@ def test_experiment_runs_with_smoke_trainer(experiment: str, make_config) -> Non
     if experiment == "ipt_pretrain":
         tasks = sorted(cfg.stage.degradations)
         assert grids == sorted(f"chelsea_{task}_step{step:07d}.png" for task in tasks for step in (2, 4))
+    elif experiment == "constyle_pretrain":
+        assert grids == []
     else:
-        names = ("chelsea",) if extra else ("chelsea", "coffee")
+        names = ("chelsea",) if experiment.startswith("ipt_") else ("chelsea", "coffee")
         assert grids == [f"{name}_step{step:07d}.png" for name in names for step in (2, 4)]
     with open(output_dir / "csv" / "metrics.csv") as file:
         rows = list(csv.DictReader(file))
-    assert [row["step"] for row in rows if row.get("val/psnr")] == ["1", "3"]  # Lightning logs step - 1
+    monitored = cfg.optimized_metric
+    assert [row["step"] for row in rows if row.get(monitored)] == ["1", "3"]  # Lightning logs step - 1
 
 
 def test_checkpoint_holds_config_ema_and_rng(make_config) -> None:
