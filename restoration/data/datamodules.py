@@ -13,18 +13,27 @@ Every batch reaching a stage holds ``lq`` (N×3×h×w), ``gt`` (N×3×H×W), ``i
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from restoration.data.datasets import ShardSampler, StreamBatchSampler, TrainCrops, WholeImages, stream_seed
+from restoration.data.datasets import (
+    ShardSampler,
+    StreamBatchSampler,
+    TaggedImages,
+    TaskMixCrops,
+    TrainCrops,
+    WholeImages,
+    stream_seed,
+)
 from restoration.data.degradations import Degradation
 from restoration.data.sources import ImageSource
 from restoration.errors import ConfigError
 
-__all__ = ["RestorationDataModule"]
+__all__ = ["MixedPairedDataModule", "RestorationDataModule"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +107,7 @@ class RestorationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.val_seed = val_seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.datasets: dict[str, TrainCrops | WholeImages] = {}
+        self.datasets: dict[str, Dataset] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._warned_unused_degradation = False
 
@@ -127,8 +136,15 @@ class RestorationDataModule(pl.LightningDataModule):
             raise ConfigError(f"datamodule {self.name} has no {split} split; {hint}")
         return source
 
-    def _build(self, split: str) -> TrainCrops | WholeImages:
+    def _build(self, split: str) -> TrainCrops | TaskMixCrops | WholeImages | TaggedImages:
         source = self._source(split)
+        self._prepare(source, split)
+        if split == "train":
+            return self._train_crops(source, seed=self.seed)
+        return WholeImages(source, degradation=self.degradation, seed=self.val_seed)
+
+    def _prepare(self, source: ImageSource, split: str, task: str | None = None) -> None:
+        """Scan ``source`` (once), warn when a configured degradation goes unused, log the split's size."""
         # Validation and test images are decoded once now, so a corrupt file fails the run at the
         # start rather than at the first validation hours later; training files get a header check.
         # The test split defaults to the val source itself: scan (and decode) it once.
@@ -142,22 +158,23 @@ class RestorationDataModule(pl.LightningDataModule):
                 "/".join(self.degradation.names),
             )
             self._warned_unused_degradation = True
+        label = split if task is None else f"task {task}'s {split}"
         log.info(
-            "datamodule %s: %s split has %d images (%s)", self.name, split, len(source), source.description
+            "datamodule %s: %s split has %d images (%s)", self.name, label, len(source), source.description
         )
-        if split == "train":
-            return TrainCrops(
-                source,
-                crop_size=self.crop_size,
-                scale=self._data_scale(source),
-                hflip=self.hflip,
-                rotate=self.rotate,
-                seed=self.seed,
-                on_small=self.on_small,
-                cache_images=self.cache_images,
-                skip_bad_files=self.skip_bad_files,
-            )
-        return WholeImages(source, degradation=self.degradation, seed=self.val_seed)
+
+    def _train_crops(self, source: ImageSource, *, seed: int) -> TrainCrops:
+        return TrainCrops(
+            source,
+            crop_size=self.crop_size,
+            scale=self._data_scale(source),
+            hflip=self.hflip,
+            rotate=self.rotate,
+            seed=seed,
+            on_small=self.on_small,
+            cache_images=self.cache_images,
+            skip_bad_files=self.skip_bad_files,
+        )
 
     def _data_scale(self, source: ImageSource) -> int:
         """GT / LQ size ratio: the paired source's, else the degradation's (crops must be multiples of it)."""
@@ -171,7 +188,7 @@ class RestorationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
-        assert isinstance(dataset, TrainCrops)
+        assert isinstance(dataset, TrainCrops | TaskMixCrops)
         rank, world_size = self._rank_and_world()
         # Resuming: continue the stream where the checkpoint's step left it (see datasets.py).
         start_step = 0
@@ -196,7 +213,7 @@ class RestorationDataModule(pl.LightningDataModule):
             dataset, batch_size=1, sampler=ShardSampler(len(dataset), rank=rank, world_size=world_size)
         )
 
-    def _loader(self, dataset: TrainCrops | WholeImages, **kwargs: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
@@ -219,3 +236,94 @@ class RestorationDataModule(pl.LightningDataModule):
         generator.manual_seed(stream_seed(self.seed, int(batch["index"][0]), _DEGRADATION_STREAM))
         batch["lq"], batch["type"] = self.degradation(gt, generator)
         return batch
+
+
+_TASK_KEYS = ("root", "train", "val", "test")
+
+
+class MixedPairedDataModule(RestorationDataModule):
+    """All-in-one restoration from real pairs: one paired dataset per task (degradation), mixed uniformly.
+
+    Each training sample draws its task uniformly, then a crop of one of that task's images
+    (:class:`~restoration.data.datasets.TaskMixCrops`), whatever the datasets' sizes; every batch carries
+    ``type`` = the task's index, and :attr:`degradation_names` are the task names, so the stage logs
+    ``val/<task>/psnr`` besides the mean over all validation images (the union of the tasks' val splits).
+
+    Args:
+        tasks: task name → ``{"train": source, "val": source, "test": source, "root": folder}``: the
+            training source is required and paired; ``val`` (whole-image validation) and ``test``
+            (default: ``val``) are optional per task; ``root`` is the task's dataset folder (for the
+            config's paths; unused here).
+        name: the dataset's name, used in messages and ``results.json``.
+        **options: the loader and crop options of :class:`RestorationDataModule` (``crop_size``,
+            ``batch_size``, ``seed``...); its ``train``/``val``/``test`` are the tasks' instead.
+    """
+
+    def __init__(
+        self, *, tasks: Mapping[str, Mapping[str, Any]], name: str = "mixed_paired", **options: Any
+    ) -> None:
+        for split in ("train", "val", "test"):
+            if options.pop(split, None) is not None:
+                raise ConfigError(
+                    f"datamodule {name}: set the {split} sources per task (tasks.<name>.{split})"
+                )
+        super().__init__(name=name, **options)
+        if not isinstance(tasks, Mapping) or not tasks:
+            raise ConfigError(
+                f"datamodule {name}: tasks is empty; expected a mapping task name -> {{train: ..., val: ...}}"
+            )
+        self.tasks: dict[str, dict[str, ImageSource | None]] = {}
+        for task, splits in tasks.items():
+            if not isinstance(splits, Mapping):
+                raise ConfigError(
+                    f"datamodule {name}: tasks.{task} is {splits!r}; expected {{train: ..., val: ...}}"
+                )
+            unknown = sorted(set(splits) - set(_TASK_KEYS))
+            if unknown:
+                raise ConfigError(
+                    f"datamodule {name}: tasks.{task} has unknown key(s) {unknown}; expected {_TASK_KEYS}"
+                )
+            for split in ("train", "val", "test"):
+                source = splits.get(split)
+                if source is not None and not (isinstance(source, ImageSource) and source.paired):
+                    raise ConfigError(
+                        f"datamodule {name}: tasks.{task}.{split} is {type(source).__name__}; "
+                        "expected a paired source (restoration.data.sources.PairedFolders)"
+                    )
+            if splits.get("train") is None:
+                raise ConfigError(
+                    f"datamodule {name}: tasks.{task} has no train source; set tasks.{task}.train"
+                )
+            val = splits.get("val")
+            test = splits.get("test")
+            self.tasks[str(task)] = {
+                "train": splits["train"],
+                "val": val,
+                "test": test if test is not None else val,
+            }
+
+    @property
+    def degradation_names(self) -> tuple[str, ...]:
+        return tuple(self.tasks)
+
+    def _build(self, split: str) -> TaskMixCrops | TaggedImages:
+        if split == "train":
+            crops = []
+            for index, (task, sources) in enumerate(self.tasks.items()):
+                source = sources["train"]
+                assert source is not None
+                self._prepare(source, split, task)
+                crops.append(self._train_crops(source, seed=stream_seed(self.seed, index)))
+            return TaskMixCrops(crops, seed=self.seed)
+        images = []
+        for task, sources in self.tasks.items():
+            source = sources[split]
+            if source is None:
+                continue
+            self._prepare(source, split, task)
+            images.append((task, WholeImages(source, degradation=None, seed=self.val_seed)))
+        if not images:
+            raise ConfigError(
+                f"datamodule {self.name}: no task has a {split} split; set tasks.<name>.{split}"
+            )
+        return TaggedImages(images)

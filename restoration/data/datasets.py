@@ -23,7 +23,16 @@ from restoration.data.degradations import Degradation
 from restoration.data.sources import ImageSource
 from restoration.errors import DataError
 
-__all__ = ["DegradedImages", "ShardSampler", "StreamBatchSampler", "TrainCrops", "WholeImages", "stream_seed"]
+__all__ = [
+    "DegradedImages",
+    "ShardSampler",
+    "StreamBatchSampler",
+    "TaggedImages",
+    "TaskMixCrops",
+    "TrainCrops",
+    "WholeImages",
+    "stream_seed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +227,73 @@ class WholeImages(Dataset):
             "label": self.source.label(index),
             "type": degradation_type,
         }
+
+
+class TaskMixCrops(Dataset):
+    """Training crops of several tasks (one dataset each): each sample draws its task uniformly.
+
+    The task of stream position ``p`` is drawn from a generator seeded with ``(seed, p)`` of its own
+    stream, then the task's crops give position ``p`` (an image of that task, cropped and flipped), so a
+    sample stays a pure function of ``(seed, position)`` and resuming works as for :class:`TrainCrops`.
+    Every sample carries ``type`` = its task's index.
+
+    Args:
+        tasks: one :class:`TrainCrops` per task, in type-id order.
+        seed: data seed of the run.
+    """
+
+    _TASK_STREAM = 2
+
+    def __init__(self, tasks: list[TrainCrops], *, seed: int = 0) -> None:
+        if not tasks:
+            raise DataError("TaskMixCrops needs at least one task")
+        self.tasks = tasks
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return sum(len(task) for task in self.tasks)
+
+    def task_at(self, position: int) -> int:
+        """The task index drawn for stream position ``position``."""
+        generator = _generator(self.seed, position, self._TASK_STREAM)
+        return int(torch.randint(len(self.tasks), (1,), generator=generator))
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor | int]:
+        task = self.task_at(position)
+        sample = self.tasks[task][position]
+        sample["type"] = task
+        return sample
+
+
+class TaggedImages(Dataset):
+    """Whole images of several tasks in one dataset, each tagged with its task index as ``type``.
+
+    The tasks are interleaved (first image of every task, then the second...), so the first few
+    images, those that get comparison grids, cover several tasks. Names get their task as a prefix.
+
+    Args:
+        tasks: ``(task name, whole images of the task)`` in type-id order.
+    """
+
+    def __init__(self, tasks: list[tuple[str, WholeImages]]) -> None:
+        self.tasks = tasks
+        longest = max(len(images) for _, images in tasks)
+        self.order = [
+            (task, index)
+            for index in range(longest)
+            for task, (_, images) in enumerate(tasks)
+            if index < len(images)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
+        task, local_index = self.order[index]
+        name, images = self.tasks[task]
+        sample = images[local_index]
+        sample.update(index=index, name=f"{name}_{sample['name']}", type=task)
+        return sample
 
 
 class DegradedImages(Dataset):

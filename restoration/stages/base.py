@@ -14,7 +14,8 @@
   network output, ``val/target/psnr``), scored and shown in the grids beside the final output.
 
 A stage subclass implements ``training_step`` and, if its network takes more than the degraded
-image, overrides :meth:`RestorationStage.restore` (used by validation, test and prediction), or
+image, overrides :meth:`RestorationStage.run_network` (one forward pass on a padded image or tile) or
+:meth:`RestorationStage.restore` (used by validation, test and prediction), or
 :meth:`RestorationStage.restore_for_evaluation` when it has intermediate outputs to score.
 """
 
@@ -206,6 +207,13 @@ class RestorationStage(pl.LightningModule):
         """The network used for validation and test: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.net
 
+    def run_network(self, net: nn.Module, degraded: torch.Tensor) -> torch.Tensor:
+        """One forward pass of ``net`` (the training or the EMA network) on a padded batch.
+
+        Stages whose network takes more than the degraded image (e.g. prompts) override this.
+        """
+        return net(degraded)
+
     def restore(self, degraded: torch.Tensor) -> torch.Tensor:
         """Restore whole images: pad to the size multiple, optionally tile, crop back."""
         net = self.eval_net
@@ -213,7 +221,7 @@ class RestorationStage(pl.LightningModule):
         def forward(images: torch.Tensor) -> torch.Tensor:
             height, width = images.shape[-2:]
             padded = pad_to_multiple(images, self.pad_multiple)
-            restored = net(padded)
+            restored = self.run_network(net, padded)
             scale = restored.shape[-1] // padded.shape[-1]
             return restored[..., : height * scale, : width * scale]
 
