@@ -95,3 +95,10 @@ def fit_losses(
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test in ``tmp_path``, for code that writes under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

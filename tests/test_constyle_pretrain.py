@@ -31,6 +31,10 @@ from restoration.stages.constyle_pretrain import (
 
 from .conftest import write_image
 
+# Trainers built here write their grids under the working directory: keep them out of the checkout.
+pytestmark = pytest.mark.usefixtures("in_tmp_dir")
+
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BATCH = 4
 

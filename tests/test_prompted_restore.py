@@ -21,6 +21,10 @@ from restoration.optim import WarmupCosineLR
 from restoration.run import run
 from restoration.stages.prompted_restore import PromptedRestoreStage
 
+# Trainers built here write their grids under the working directory: keep them out of the checkout.
+pytestmark = pytest.mark.usefixtures("in_tmp_dir")
+
+
 # a tiny prompted network and tiny data keep a few training steps well under a second each
 TINY = (
     "backbone=constyle_nafnet_tiny",

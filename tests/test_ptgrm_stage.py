@@ -24,6 +24,10 @@ from restoration.stages.ptgrm import PTGRMStage
 
 from .test_losses_perceptual import save_random_vgg19
 
+# Trainers built here write their grids under the working directory: keep them out of the checkout.
+pytestmark = pytest.mark.usefixtures("in_tmp_dir")
+
+
 TINY_GUIDE = {"_target_": "tests.test_ptgrm_stage.TinyGuide", "dim": 8}
 # A few steps on small crops, one validation and test image.
 SMOKE = (
@@ -233,6 +237,7 @@ def test_checkpoints_leave_out_the_frozen_guide_and_load_back(make_config) -> No
 
 def test_ddp_reduces_and_broadcasts_only_the_trained_network(make_config, tmp_path: Path) -> None:
     stage, _ = _build(_config(make_config, "stage.train_target=frozen"))
+    stage.setup("fit")  # as Lightning does before wrapping the module in DDP
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         ddp = DistributedDataParallel(stage)

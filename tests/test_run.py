@@ -52,13 +52,18 @@ def _smoke_overrides(experiment: str, folder: Path) -> tuple[str, ...]:
         return CONSTYLE_PRETRAIN_SMOKE
     if experiment == "constyle_allinone":
         prior = save_tiny_prior(folder / "prior")
-        return ("backbone=constyle_nafnet_tiny", f"guide.checkpoint={prior}", "datamodule.crop_size=64")
+        return (
+            "backbone=constyle_nafnet_tiny",
+            f"guide.checkpoint={prior}",
+            "datamodule.crop_size=64",
+            "datamodule.batch_size=2",
+        )
     if experiment == "origin_allinone":
-        return ("backbone=nafnet_tiny", "datamodule.crop_size=64")
+        return ("backbone=nafnet_tiny", "datamodule.crop_size=64", "datamodule.batch_size=2")
     if experiment.startswith("ptgrm_"):
         task = experiment.split("_")[1]
         target = PTGRM_TARGETS.get(task, "restormer_tiny")
-        common = (f"backbone={target}", "datamodule.crop_size=64")
+        common = (f"backbone={target}", "datamodule.crop_size=64", "datamodule.batch_size=2")
         if experiment.endswith("_baseline"):
             return common
         clip = save_tiny_open_clip(folder / "clip")

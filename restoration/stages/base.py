@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -150,6 +151,10 @@ class RestorationStage(pl.LightningModule):
 
     scored_outputs: tuple[str, ...] = ()
     """Names of the intermediate outputs of :meth:`restore_for_evaluation` that get their own metrics."""
+    frozen_towers: tuple[str, ...] = ("guide",)
+    """Attributes holding frozen pre-trained modules (guides, teachers, loss networks). They are built from
+    the config, so checkpoints leave them out (CLIP alone would add 600 MB to each) and loading takes the
+    ones just built; DDP neither reduces nor broadcasts them."""
 
     def setup(self, stage: str) -> None:
         # Metrics for each degradation type and each intermediate output, created before Lightning moves
@@ -167,6 +172,37 @@ class RestorationStage(pl.LightningModule):
             for group in (*self.type_names, *self.scored_outputs):
                 if f"{split}_{group}" not in self.metrics:
                     self.metrics[f"{split}_{group}"] = ImageQuality(crop_border=self.crop_border)
+        frozen = self._frozen_tower_prefixes()
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self,
+            [
+                name
+                for name, _ in (*self.named_parameters(), *self.named_buffers())
+                if name.startswith(frozen)
+            ],
+        )
+
+    def _frozen_tower_prefixes(self, prefix: str = "") -> tuple[str, ...]:
+        return tuple(f"{prefix}{tower}." for tower in self.frozen_towers)
+
+    def state_dict(
+        self, *, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for name in [name for name in state if name.startswith(self._frozen_tower_prefixes(prefix))]:
+            del state[name]
+        return state
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        built = {
+            name: value
+            for tower in self.frozen_towers
+            if isinstance(getattr(self, tower, None), nn.Module)
+            for name, value in getattr(self, tower).state_dict(prefix=f"{tower}.").items()
+        }
+        return super().load_state_dict({**state_dict, **built}, strict=strict, assign=assign)
 
     # ---- training ---------------------------------------------------------------------------
 

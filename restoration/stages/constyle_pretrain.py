@@ -269,6 +269,9 @@ class ConStylePretrainStage(RestorationStage):
         ema_warmup: ramp the EMA decay up over the first updates (see :class:`~restoration.stages.base.EMA`).
     """
 
+    # the timm teacher is rebuilt from its own file, not stored in checkpoints
+    frozen_towers = ("teacher",)
+
     def __init__(
         self,
         *,
@@ -452,20 +455,6 @@ class ConStylePretrainStage(RestorationStage):
             box = image[None, :, top : top + box_height, left : left + box_width]
             views.append(F.interpolate(box, size=(height, width), mode="bilinear", align_corners=False))
         return torch.cat(views).clamp(0, 1)
-
-    # ---- checkpoints: the timm teacher is rebuilt from its own file ---------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint["state_dict"]
-        for name in [name for name in state if name.startswith("teacher.")]:
-            del state[name]
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> Any:
-        if self.teacher is not None:
-            state_dict = {**{f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}, **state_dict}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ---- validation and test ----------------------------------------------------------------
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from restoration.archs.common import pad_to_multiple
 from restoration.errors import ConfigError
@@ -99,6 +98,7 @@ class PTGRMStage(RestorationStage):
     """
 
     scored_outputs = ("target",)
+    frozen_towers = ("guide", "perceptual")
 
     def __init__(
         self,
@@ -136,7 +136,6 @@ class PTGRMStage(RestorationStage):
             if perceptual_weight > 0
             else None
         )
-        self._keep_towers_out_of_ddp()
         if train_target == "frozen":
             log.info("ptgrm: the target network is frozen; only the refinement module is trained")
 
@@ -198,38 +197,6 @@ class PTGRMStage(RestorationStage):
 
     def restore(self, degraded: torch.Tensor) -> torch.Tensor:
         return self.restore_for_evaluation(degraded)[0]
-
-    # ---- checkpoints ------------------------------------------------------------------------
-
-    def state_dict(
-        self, *, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
-    ) -> dict[str, Any]:
-        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
-        frozen = tuple(f"{prefix}{tower}." for tower in _FROZEN_TOWERS)
-        for name in [name for name in state if name.startswith(frozen)]:
-            del state[name]
-        return state
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> Any:
-        # The frozen towers are the ones built from the config, not stored (see state_dict).
-        towers = {
-            name: value
-            for tower in _FROZEN_TOWERS
-            if getattr(self, tower) is not None
-            for name, value in getattr(self, tower).state_dict(prefix=f"{tower}.").items()
-        }
-        return super().load_state_dict({**state_dict, **towers}, strict=strict, assign=assign)
-
-    def _keep_towers_out_of_ddp(self) -> None:
-        """DDP skips the towers' parameters (no gradients) and, told here, their buffers (no broadcast)."""
-        names = [
-            name
-            for name, _ in (*self.named_parameters(), *self.named_buffers())
-            if name.startswith(tuple(f"{tower}." for tower in _FROZEN_TOWERS))
-        ]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
 
 
 def _build_refiner(refiner: nn.Module | Callable[..., nn.Module], *, osf_dim: int) -> nn.Module:
