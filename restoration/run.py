@@ -254,6 +254,7 @@ def build_backbone(cfg: DictConfig) -> torch.nn.Module:
             weights.path,
             key=weights.get("key"),
             prefix=weights.get("prefix") or "",
+            exclude=tuple(weights.get("exclude") or ()),
             strict=weights.get("strict", True),
         )
         log.info("backbone weights loaded from %s", weights.path)

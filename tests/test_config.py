@@ -33,7 +33,10 @@ def _options(group: str) -> list[str]:
 )
 def test_option_composes_and_resolves(group: str, option: str, make_config) -> None:
     overrides = [f"{group}={option}"]
-    if group == "datamodule" and option != "embedded":
+    if option == "mixed_paired":  # one root per task
+        tasks = OmegaConf.load(CONF / "datamodule" / "mixed_paired.yaml").tasks
+        overrides += [f"datamodule.tasks.{task}.root=/data/{task}" for task in tasks]
+    elif group == "datamodule" and option != "embedded":
         overrides.append("datamodule.root=/data")
     cfg = make_config(*overrides)
     node = cfg.get(group)  # debug options are global packages: no node of their own
