@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 
 # PTG-RM works on a 1/4-resolution latent (two stride-2 convolutions): H and W must be multiples of 4.
 _REFINER_MULTIPLE = 4
-# Frozen towers of the stage, rebuilt from the config rather than stored in checkpoints.
-_FROZEN_TOWERS = ("guide", "perceptual")
 
 
 class TargetAndRefiner(nn.Module):
