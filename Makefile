@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create or update .venv (editable install with the dev extras)
 
-demo: $(STAMP) ## train on the embedded photos on the CPU and print where the results are
+demo: $(STAMP) ## the PTG-RM main job offline on the CPU: prior, PTG-RM vs target alone, table and grid
 	$(CPU_ENV) $(BIN)/python -m experiments.demo
 
 test: $(STAMP) ## run the whole test suite (CPU only, no network)
