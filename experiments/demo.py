@@ -15,8 +15,6 @@ or cached CLIP weights, ``python -m restoration.run experiment=ptgrm_lowlight`` 
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from experiments.launch import run_experiment
 from restoration.data.io import read_image
 from restoration.visualize import comparison_grid, save_png
 
@@ -57,15 +56,6 @@ SHARED = [
 ]
 
 
-def _run(name: str, overrides: list[str], root: Path) -> dict:
-    output_dir = root / name
-    command = [sys.executable, "-m", "restoration.run", *overrides, f"hydra.run.dir={output_dir}"]
-    print(f"[{name}] running:", " ".join(command[2:]), flush=True)
-    if subprocess.call(command, stdout=subprocess.DEVNULL) != 0:
-        raise SystemExit(f"the {name} run failed; its log is {output_dir / 'run.log'}")
-    return json.loads((output_dir / "results.json").read_text())
-
-
 def _validation_pairs(overrides: list[str]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """The (name, degraded, ground truth) validation images the runs were scored on (fixed val seed)."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
@@ -78,14 +68,12 @@ def _validation_pairs(overrides: list[str]) -> list[tuple[str, torch.Tensor, tor
 
 def main() -> int:
     root = Path("logs") / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    _run("prior", PRIOR, root)
+    run_experiment(PRIOR, root / "prior")
     prior = root / "prior" / "checkpoints" / "last.ckpt"
-    refined = _run(
-        "ptgrm",
-        ["experiment=ptgrm_lowlight", "guide=prior", f"guide.checkpoint={prior}", *SHARED],
-        root,
+    refined = run_experiment(
+        ["experiment=ptgrm_lowlight", "guide=prior", f"guide.checkpoint={prior}", *SHARED], root / "ptgrm"
     )
-    baseline = _run("baseline", ["experiment=ptgrm_lowlight_baseline", *SHARED], root)
+    baseline = run_experiment(["experiment=ptgrm_lowlight_baseline", *SHARED], root / "baseline")
 
     keys = ("psnr", "ssim", "psnr_y", "ssim_y")
     rows = [

@@ -164,7 +164,9 @@ def test_clip_guide_tag_is_read_from_the_cache_with_its_activation_and_statistic
     assert not torch.allclose(guide.encode(prepared), clip_guide.encode(prepared), atol=1e-4)
 
 
-def test_clip_guide_bad_arguments_name_the_key(tiny_clip: TinyOpenClip, tmp_path: Path) -> None:
+def test_clip_guide_bad_arguments_name_the_key(
+    tiny_clip: TinyOpenClip, tmp_path: Path, no_network: None
+) -> None:
     with pytest.raises(ConfigError, match=r"guide.model_config=.*set guide.model=tiny-clip-test"):
         ClipGuide(model="ViT-B-32", model_config=str(tiny_clip.model_config), pretrained="x.pt")
     with pytest.raises(ConfigError, match="no such file"):

@@ -22,26 +22,13 @@ it stopped.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from experiments.launch import run_experiment
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
-def _run(overrides: list[str], output_dir: Path) -> dict:
-    command = [sys.executable, "-m", "restoration.run", *overrides, f"hydra.run.dir={output_dir}"]
-    print("$ python -m restoration.run " + " ".join(command[3:]), flush=True)
-    finished = output_dir / "results.json"
-    if finished.is_file() and json.loads(finished.read_text())["status"] == "finished":
-        print("  (already done: reusing its results.json)", flush=True)
-        return json.loads(finished.read_text())
-    if subprocess.call(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
-        raise SystemExit(f"failed; see {output_dir / 'run.log'}")
-    return json.loads((output_dir / "results.json").read_text())
 
 
 def _degradation_types() -> list[str]:
@@ -60,7 +47,7 @@ def main() -> None:
 
     common = ["trainer=cpu", "datamodule.crop_size=64"]
     pretrain = args.out / "pretrain"
-    _run(
+    run_experiment(
         [
             "experiment=constyle_pretrain",
             *common,
@@ -86,12 +73,12 @@ def main() -> None:
     scores: dict[str, dict[str, tuple[float, float]]] = {}
     for model, overrides in models.items():
         run_dir = args.out / model.split()[0]
-        _run([*overrides, *training, "test=false"], run_dir)
+        run_experiment([*overrides, *training, "test=false"], run_dir)
         checkpoint = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
         scores[model] = {}
         for index, name in enumerate(types):
             weights = ",".join("1" if i == index else "0" for i in range(len(types)))
-            results = _run(
+            results = run_experiment(
                 [*overrides, *common, "train=false", checkpoint, f"degradation.weights=[{weights}]"],
                 run_dir / "per_type" / name,
             )

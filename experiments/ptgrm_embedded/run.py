@@ -23,24 +23,11 @@ results.json is reused, so an interrupted study picks up where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
+from experiments.launch import run_experiment
+
 TASKS = {"lowlight": "snr_aware_tiny", "denoise": "restormer_tiny"}
-
-
-def _run(overrides: list[str], output_dir: Path) -> dict:
-    command = [sys.executable, "-m", "restoration.run", *overrides, f"hydra.run.dir={output_dir}"]
-    print("$ python -m restoration.run " + " ".join(command[3:]), flush=True)
-    finished = output_dir / "results.json"
-    if finished.is_file() and json.loads(finished.read_text())["status"] == "finished":
-        print("  (already done: reusing its results.json)", flush=True)
-        return json.loads(finished.read_text())
-    if subprocess.call(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
-        raise SystemExit(f"failed; see {output_dir / 'run.log'}")
-    return json.loads(finished.read_text())
 
 
 def main() -> None:
@@ -53,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     prior_dir = args.out / "prior"
-    _run(
+    run_experiment(
         [
             "experiment=constyle_pretrain",
             "degradation=allinone",
@@ -87,7 +74,7 @@ def main() -> None:
         }
         for label, overrides in variants.items():
             name = label.strip("+ ").split()[0].replace("-", "")
-            results = _run([*overrides, *shared], args.out / task / name)
+            results = run_experiment([*overrides, *shared], args.out / task / name)
             rows.setdefault(task, {})[label] = results["test"]
 
     keys = ("psnr", "ssim")

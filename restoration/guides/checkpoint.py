@@ -37,8 +37,13 @@ def checkpoint_config(path: str | Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def trained_network(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The backbone of one of our checkpoints with its weights (EMA when saved), and the run config."""
+def trained_network(
+    path: str | Path, *, expected: type[nn.Module] | None = None, hint: str = ""
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone of one of our checkpoints with its weights (EMA when saved), and the run config.
+
+    With ``expected``, a backbone of another class is a ConfigError that names both and adds ``hint``.
+    """
     config = checkpoint_config(path)
     if config is None or not isinstance(config.get("backbone"), dict):
         raise ConfigError(
@@ -46,5 +51,10 @@ def trained_network(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             "backbone); pass a .ckpt from a run's checkpoints/ folder"
         )
     net = instantiate(OmegaConf.create(config["backbone"]))
+    if expected is not None and not isinstance(net, expected):
+        raise ConfigError(
+            f"guide.checkpoint={path}: its backbone is {type(net).__name__}, "
+            f"expected {expected.__name__}{hint}"
+        )
     load_pretrained(net, path, key="state_dict", prefix=network_prefix(path))
     return net, config

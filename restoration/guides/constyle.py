@@ -27,11 +27,12 @@ from restoration.errors import ConfigError
 from restoration.guides.base import Guide
 from restoration.guides.checkpoint import checkpoint_config, trained_network
 
-__all__ = ["ConStylePrompter"]
+__all__ = ["OFFICIAL_PREFIXES", "ConStylePrompter"]
 
 log = logging.getLogger(__name__)
 
-_OFFICIAL_PREFIXES = ("encoder_q.", "ConStyle.encoder_q.")
+# where the official files keep the prompter: pretrained_ConStyle_v2.pth, and the restoration nets
+OFFICIAL_PREFIXES = ("encoder_q.", "ConStyle.encoder_q.")
 
 
 class ConStylePrompter(Guide):
@@ -48,12 +49,9 @@ class ConStylePrompter(Guide):
                 "guide.checkpoint is not set: pass a prompter checkpoint, e.g. guide.checkpoint=..."
             )
         if checkpoint_config(checkpoint) is not None:
-            encoder, _ = trained_network(checkpoint)
-            if not isinstance(encoder, ConStyleEncoder):
-                raise ConfigError(
-                    f"guide.checkpoint={checkpoint}: its backbone is {type(encoder).__name__}, "
-                    "expected a ConStyle prompter (a constyle_pretrain run)"
-                )
+            encoder, _ = trained_network(
+                checkpoint, expected=ConStyleEncoder, hint=" (a constyle_pretrain run)"
+            )
         else:
             encoder = _official_encoder(Path(checkpoint))
         self.encoder = encoder
@@ -71,7 +69,7 @@ class ConStylePrompter(Guide):
 
 def _official_encoder(path: Path) -> ConStyleEncoder:
     state = read_state_dict(path)
-    prefix = next((p for p in _OFFICIAL_PREFIXES if any(name.startswith(p) for name in state)), "")
+    prefix = next((p for p in OFFICIAL_PREFIXES if any(name.startswith(p) for name in state)), "")
     encoder = ConStyleEncoder(num_classes=None)
     wanted = encoder.state_dict()
     weights = {name.removeprefix(prefix): tensor for name, tensor in state.items() if name.startswith(prefix)}

@@ -28,7 +28,7 @@ from restoration.archs.ipt import IPT, IPT_TASKS, TASK_SCALES, ipt_tasks_from_st
 from restoration.errors import ConfigError
 from restoration.guides.base import Guide
 from restoration.guides.checkpoint import checkpoint_config, trained_network
-from restoration.guides.constyle import ConStylePrompter
+from restoration.guides.constyle import OFFICIAL_PREFIXES, ConStylePrompter
 
 __all__ = ["IPTGuide", "prior_guide"]
 
@@ -136,12 +136,7 @@ def prior_guide(
             raise ConfigError(f"guide.task={task!r} is for IPT priors; {path} holds a ConStyle prompter")
         return ConStylePrompter(checkpoint=str(path))
     if config is not None:
-        network, _ = trained_network(path)
-        if not isinstance(network, IPT):
-            raise ConfigError(
-                f"guide.checkpoint={path}: its backbone is {type(network).__name__}, expected IPT "
-                "(guide.kind=ipt)"
-            )
+        network, _ = trained_network(path, expected=IPT, hint=" (guide.kind=ipt)")
     else:
         network = _official_ipt(path, task)
     return IPTGuide(network=network, task=task, tokens=tokens, name=str(path))
@@ -158,7 +153,7 @@ def _kind_of(path: Path, config: dict | None) -> str:
             "expected a ConStyle prompter or an IPT checkpoint"
         )
     names = read_state_dict(path).keys()
-    if any(name.startswith(("encoder_q.", "ConStyle.encoder_q.")) for name in names):
+    if any(name.startswith(OFFICIAL_PREFIXES) for name in names):
         return "constyle"
     if "body.query_embed.weight" in names or any(name.startswith("head.0.") for name in names):
         return "ipt"
