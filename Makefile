@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CPU_ENV := CUDA_VISIBLE_DEVICES= WANDB_MODE=offline WANDB_SILENT=true HYDRA_FULL_ERROR=0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test test-fast lint format bench clean distclean
+.PHONY: help venv demo test test-fast test-experiments lint format bench clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,11 +23,14 @@ venv: $(STAMP) ## create or update .venv (editable install with the dev extras)
 demo: $(STAMP) ## the PTG-RM main job offline on the CPU: prior, PTG-RM vs target alone, table and grid
 	$(CPU_ENV) $(BIN)/python -m experiments.demo
 
-test: $(STAMP) ## run the whole test suite (CPU only, no network)
-	$(CPU_ENV) $(BIN)/python -m pytest
+test: $(STAMP) ## run the test suite (CPU only, no network; the paper-size experiments are in test-experiments)
+	$(CPU_ENV) $(BIN)/python -m pytest -m "not paper"
 
 test-fast: $(STAMP) ## the suite without the tests marked slow
-	$(CPU_ENV) $(BIN)/python -m pytest -m "not slow"
+	$(CPU_ENV) $(BIN)/python -m pytest -m "not slow and not paper"
+
+test-experiments: $(STAMP) ## the experiments at paper size that take minutes each on a CPU (IPT, Restormer)
+	$(CPU_ENV) $(BIN)/python -m pytest -m paper --durations=0
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .
@@ -42,6 +45,7 @@ bench: $(STAMP) ## run the benchmarks in experiments/bench (numbers go into its 
 	$(BIN)/python -m experiments.bench.backbones
 	$(BIN)/python -m experiments.bench.ipt
 	$(BIN)/python -m experiments.bench.ptgrm
+	$(BIN)/python -m experiments.bench.validation
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf logs outputs multirun wandb .pytest_cache .ruff_cache

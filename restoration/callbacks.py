@@ -132,12 +132,16 @@ class RNGState(Callback):
 
 
 class ConfigInCheckpoint(Callback):
-    """Store the run's resolved config in every checkpoint (key ``"config"``): it says how it was made."""
+    """Store the run's resolved config (key ``"config"``) and its config-group choices (``"choices"``,
+    e.g. ``{"backbone": "nafnet_tiny"}``) in every checkpoint: they say how it was made, and
+    ``ckpt_path=last`` and ``train=false`` read them (restoration/checkpoints.py)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], choices: dict[str, str | None] | None = None) -> None:
         self.config = config
+        self.choices = dict(choices or {})
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["config"] = self.config
+        checkpoint["choices"] = self.choices

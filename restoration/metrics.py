@@ -24,6 +24,8 @@ the map over the padded border too, which is not the 'valid' convention (0.6061 
 scales by a float32 ``10 / ln 10``, which is about 2e-6 dB off at 40 dB.
 """
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -188,13 +190,28 @@ class ImageQuality(Metric):
             "ssim_y": ssim(restored, target, y_channel=True, **options),
         }
 
-    def update(self, restored: Tensor, target: Tensor) -> None:
-        """Add a batch of N×3×H×W (or N×1×H×W) images in [0, 1] to the running sums."""
-        values = self.per_image(restored, target)
+    def update(
+        self,
+        restored: Tensor | None = None,
+        target: Tensor | None = None,
+        *,
+        scores: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """Add a batch to the running sums: N×3×H×W (or N×1×H×W) images in [0, 1], or their ``scores``.
+
+        ``scores`` are the per-image values :meth:`per_image` returned (of this metric or one with the same
+        settings), for a caller that needs them anyway (captions, per-image tables) and so scores once.
+        """
+        if scores is None:
+            if restored is None or target is None:
+                raise ValueError("ImageQuality.update takes restored and target images, or scores=")
+            scores = self.per_image(restored, target)
+        elif restored is not None or target is not None:
+            raise ValueError("ImageQuality.update takes restored and target images or scores=, not both")
         for key in self._KEYS:
             state = getattr(self, f"{key}_sum")
-            setattr(self, f"{key}_sum", state + values[key].sum().to(state.device))
-        self.count += restored.shape[0]
+            setattr(self, f"{key}_sum", state + scores[key].sum().to(state.device))
+        self.count += scores["psnr"].numel()
 
     def compute(self) -> dict[str, Tensor]:
         """Return the mean of each metric over all images seen (across ranks once synced)."""

@@ -22,7 +22,7 @@ import platform
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,18 +36,27 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader
 
 from restoration.archs import load_pretrained
 from restoration.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, RNGState
+from restoration.checkpoints import (
+    NETWORK_KEYS,
+    check_state_dict,
+    describe_mismatch,
+    load_checkpoint_header,
+    network_config,
+    resolve_checkpoint,
+)
 from restoration.data.datasets import DegradedImages
 from restoration.data.sources import ImageFolder
 from restoration.errors import ConfigError, RestorationError, TrainingDiverged
+from restoration.loggers import build_loggers, finish_loggers
+from restoration.signals import RunInterrupted, StopOnSignal, stop_on_sigterm
 
-__all__ = ["keep_freed_memory", "main", "resolve_checkpoint", "run", "user_error_message"]
+__all__ = ["apply_smoke", "build_backbone", "keep_freed_memory", "main", "run", "user_error_message"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,16 @@ def _rank_suffix() -> str:
     return "" if rank == "0" else f"_rank{rank}"
 
 
+def _is_global_zero() -> bool:
+    """Whether this process is the first of its run (the one that writes ``results.json``).
+
+    Read from the environment, so it holds before the Trainer exists: srun and torchrun set ``RANK`` /
+    ``SLURM_PROCID`` on every process, Lightning's launcher ``LOCAL_RANK`` and ``NODE_RANK`` on its children.
+    """
+    names = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+    return all(os.environ.get(name, "0") == "0" for name in names)
+
+
 def _data_scale(*, _root_: DictConfig) -> int:
     """GT / LQ size ratio of the configured data: the paired sources' ``scale``, else the degradation's.
 
@@ -114,6 +133,16 @@ def _data_scale(*, _root_: DictConfig) -> int:
     return int(OmegaConf.select(_root_, "degradation.scale", default=1))
 
 
+def _working_directory() -> str:
+    """The directory the command was started from (``paths.root_dir``).
+
+    Unlike ``${hydra:runtime.cwd}`` it also resolves while Hydra composes ``hydra.sweep.dir``, before
+    any job's HydraConfig exists. Jobs do not change directory (``hydra.job.chdir: false``).
+    """
+    return os.getcwd()
+
+
+OmegaConf.register_new_resolver("cwd", _working_directory, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("run_stamp", _run_stamp, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
 OmegaConf.register_new_resolver("data_scale", _data_scale, replace=True)
@@ -137,31 +166,6 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def resolve_checkpoint(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: ``None``, a file, or ``"last"`` = the newest ``last.ckpt`` of this ``task_name``."""
-    requested = cfg.get("ckpt_path")
-    if requested is None:
-        return None
-    if requested != "last":
-        path = Path(requested)
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={requested}: file not found")
-        return str(path)
-    runs = Path(cfg.paths.log_dir) / cfg.task_name
-    current = Path(cfg.paths.output_dir).resolve()
-    candidates = [
-        path for path in runs.glob("**/checkpoints/last.ckpt") if current not in path.resolve().parents
-    ]
-    if not candidates:
-        raise ConfigError(
-            f"ckpt_path=last: no last.ckpt under {runs} (earlier runs of task_name={cfg.task_name}); "
-            "start the run without ckpt_path first, or pass ckpt_path=/path/to/file.ckpt"
-        )
-    newest = max(candidates, key=lambda path: path.stat().st_mtime)
-    log.info("resuming from %s", newest)
-    return str(newest)
-
-
 def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[str]:
     """Keys left at ``???``, found without resolving interpolations (the ``hydra`` node is skipped)."""
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
@@ -178,7 +182,7 @@ def _missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[s
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a dict-valued group (loggers, callbacks)."""
+    """Instantiate every ``_target_`` entry of a dict-valued group (the callbacks)."""
     if not group:
         return []
     return [
@@ -261,10 +265,132 @@ def build_backbone(cfg: DictConfig) -> torch.nn.Module:
     return net
 
 
+def _command_line_keys() -> set[str]:
+    """The config keys set on the command line (``max_steps=10``, ``+a.b=1``, ``trainer=smoke``...)."""
+    if not HydraConfig.initialized():
+        return set()
+    overrides = HydraConfig.get().overrides.task
+    return {override.split("=", 1)[0].lstrip("+~") for override in overrides if "=" in override}
+
+
+def apply_smoke(cfg: DictConfig) -> None:
+    """``trainer=smoke``: take its ``smoke`` node out of the Trainer arguments and apply it to the run.
+
+    It caps the steps (``max_steps``, ``val_every``), the batch size and the evaluated pixels
+    (``datamodule.eval_crop``), leaving the network, crops and recipe as the experiment has them.
+    A key given on the command line wins over the cap.
+    """
+    smoke = cfg.trainer.get("smoke")
+    if smoke is None:
+        return
+    given = _command_line_keys()
+    with open_dict(cfg):
+        del cfg.trainer["smoke"]
+        for key in ("max_steps", "val_every"):
+            if key not in given:
+                cfg[key] = smoke[key]
+        if "datamodule.batch_size" not in given:
+            cfg.datamodule.batch_size = min(cfg.datamodule.batch_size, smoke.batch_size)
+        if "datamodule.eval_crop" not in given:
+            cfg.datamodule.eval_crop = smoke.eval_crop
+    log.info(
+        "trainer=smoke: %d steps, validation every %d, batch size %d, evaluation on the centre %s px",
+        cfg.max_steps,
+        cfg.val_every,
+        cfg.datamodule.batch_size,
+        cfg.datamodule.eval_crop,
+    )
+
+
+def _network_from_checkpoint(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """``train=false``: build the network the checkpoint was made with, unless the command line chose one.
+
+    A network chosen on the command line (``backbone=...``, ``backbone.width=...``) that differs from
+    the checkpoint's is refused with one line naming both.
+    """
+    if cfg.train or ckpt_path is None:
+        return
+    checkpoint = load_checkpoint_header(ckpt_path)
+    mismatch = describe_mismatch(ckpt_path, checkpoint, cfg)
+    if mismatch is None:
+        return
+    given = _command_line_keys()
+    chosen = sorted(key for key in given if key.split(".", 1)[0] in NETWORK_KEYS)
+    if chosen:
+        raise ConfigError(f"ckpt_path={mismatch}, but the command line sets {', '.join(chosen)}")
+    saved = network_config(checkpoint["config"])
+    with open_dict(cfg):
+        for key in NETWORK_KEYS:
+            cfg[key] = saved[key]
+    names = ", ".join(
+        f"{key}={value}"
+        for key, value in (checkpoint.get("choices") or {}).items()
+        if key in NETWORK_KEYS and value
+    )
+    log.info("train=false: the network is built from %s's config (%s)", ckpt_path, names or "its config")
+
+
+def _failure(error: BaseException) -> str:
+    """``failed: <one line>`` for results.json."""
+    message = user_error_message(error)
+    if message is None:
+        text = str(error).strip().splitlines()
+        message = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return f"failed: {message}"
+
+
 def run(cfg: DictConfig) -> float | None:
-    """Build the run from ``cfg``, train and/or test, write ``results.json``; return the monitored metric."""
+    """Build the run from ``cfg``, train and/or test, write ``results.json``; return the monitored metric.
+
+    ``results.json`` is written whatever happens, also when the run stops on a bad config or data
+    before training starts (``"status": "failed: <the one-line error>"``).
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    choices = _hydra_choices()
+    results: dict[str, Any] = {
+        "experiment": choices.get("experiment"),
+        "task_name": cfg.task_name,
+        "choices": choices,
+        "overrides": sorted(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "seed": cfg.get("seed"),
+        "output_dir": str(output_dir),
+        "status": "running",
+    }
+    # Loggers are finished after results.json is written, so that W&B gets the file as it ends.
+    after_results = ExitStack()
+    try:
+        with stop_on_sigterm():
+            value = _build_and_run(cfg, output_dir, choices, results, after_results)
+    except RunInterrupted as interrupted:
+        results["status"] = interrupted.status(resumed_from=results.get("resumed_from"))
+        results.update(global_step=interrupted.step, last_checkpoint=interrupted.checkpoint)
+        log.warning("%s", results["status"])
+        raise
+    except BaseException as error:
+        if results["status"] == "running":
+            results["status"] = _failure(error)
+        if isinstance(error, KeyboardInterrupt):
+            results["status"] = "interrupted"
+        raise
+    finally:
+        if _is_global_zero():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(output_dir / "results.json", results)
+            log.info("results: %s", output_dir / "results.json")
+        after_results.close()
+    return value
+
+
+def _build_and_run(
+    cfg: DictConfig,
+    output_dir: Path,
+    choices: dict[str, str | None],
+    results: dict[str, Any],
+    after_results: ExitStack,
+) -> float | None:
     if not cfg.train and not cfg.test and not cfg.get("predict"):
         raise ConfigError("train=false, test=false and no predict folder: nothing to do")
+    apply_smoke(cfg)
     # Hydra's instantiate passes a missing value (???) on as None; catch it here instead.
     missing = sorted(_missing_keys(cfg))
     if missing:
@@ -273,8 +399,9 @@ def run(cfg: DictConfig) -> float | None:
     keep_freed_memory()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
     log.info("output directory: %s", output_dir)
+    ckpt_path = resolve_checkpoint(cfg)
+    _network_from_checkpoint(cfg, ckpt_path)
 
     degradation = instantiate(cfg.degradation)
     datamodule = instantiate(cfg.datamodule, degradation=degradation)
@@ -282,6 +409,8 @@ def run(cfg: DictConfig) -> float | None:
     # a frozen pre-trained guide and a guided refinement module (PTG-RM), for the stages that take them
     extras = {name: instantiate(cfg[name]) for name in ("guide", "refiner") if cfg.get(name)}
     stage = instantiate(cfg.stage, net=net, **extras)
+    if ckpt_path is not None:
+        check_state_dict(ckpt_path, load_checkpoint_header(ckpt_path)["state_dict"], stage.state_dict())
 
     # The config as plain containers, interpolations resolved, without Hydra's own node.
     resolved = {
@@ -289,8 +418,14 @@ def run(cfg: DictConfig) -> float | None:
         for key, node in cfg.items()
         if key != "hydra"
     }
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), RNGState(), ConfigInCheckpoint(resolved)]
-    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = [
+        *_instantiate_all(cfg.get("callbacks")),
+        RNGState(),
+        ConfigInCheckpoint(resolved, choices),
+        StopOnSignal(),
+    ]
+    loggers = build_loggers(cfg, ckpt_path=ckpt_path)
+    after_results.callback(finish_loggers, loggers, results=results, output_dir=output_dir, stage=stage)
     if not loggers and any(isinstance(callback, LearningRateMonitor) for callback in callbacks):
         log.info("logger=none: the learning-rate monitor has nothing to write to and is left out")
         callbacks = [callback for callback in callbacks if not isinstance(callback, LearningRateMonitor)]
@@ -300,31 +435,9 @@ def run(cfg: DictConfig) -> float | None:
     for logger in loggers:
         logger.log_hyperparams(resolved)
 
-    ckpt_path = resolve_checkpoint(cfg)
-    choices = _hydra_choices()
-    results: dict[str, Any] = {
-        "experiment": choices.get("experiment"),
-        "task_name": cfg.task_name,
-        "choices": choices,
-        "seed": cfg.get("seed"),
-        "output_dir": str(output_dir),
-        "resumed_from": ckpt_path if cfg.train else None,
-        "world_size": trainer.world_size,
-        "status": "running",
-    }
-    try:
-        with _ddp_sweep_job(trainer.world_size):
-            value = _fit_and_test(cfg, trainer, stage, datamodule, ckpt_path, results)
-    except BaseException as error:
-        if results["status"] == "running":
-            results["status"] = f"failed ({type(error).__name__})"
-        raise
-    finally:
-        if trainer.is_global_zero:
-            _write_json(output_dir / "results.json", results)
-            log.info("results: %s", output_dir / "results.json")
-        _finish_wandb(loggers)
-    return value
+    results.update(resumed_from=ckpt_path if cfg.train else None, world_size=trainer.world_size)
+    with _ddp_sweep_job(trainer.world_size):
+        return _fit_and_test(cfg, trainer, stage, datamodule, ckpt_path, results)
 
 
 def _fit_and_test(
@@ -357,8 +470,8 @@ def _fit_and_test(
     elif ckpt_path is None:
         log.warning("no training and no ckpt_path: evaluating a randomly initialised network")
     if cfg.test:
-        (test_metrics,) = trainer.test(stage, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
-        results["test"] = _metrics(test_metrics, "test/")
+        trainer.test(stage, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        results["test"] = _metrics(trainer.callback_metrics, "test/")
         results["tested_checkpoint"] = eval_ckpt
     if cfg.get("predict"):
         results["predict"] = _predict(cfg, trainer, stage, eval_ckpt)
@@ -382,7 +495,7 @@ def _predict(
 ) -> dict[str, Any]:
     """Restore every image under ``cfg.predict`` (degraded images, no ground truth) into images/predict."""
     source = ImageFolder(root=str(cfg.predict), class_folders=False)
-    source.scan()
+    source.scan(skip_bad_files=bool(cfg.datamodule.get("skip_bad_files", False)))
     # one image per batch: the images may all differ in size
     loader = DataLoader(
         DegradedImages(source), batch_size=1, num_workers=cfg.datamodule.get("num_workers", 0)
@@ -391,14 +504,6 @@ def _predict(
     output = Path(trainer.default_root_dir) / "images" / "predict"
     log.info("restored %d images of %s into %s", len(source), cfg.predict, output)
     return {"input": str(cfg.predict), "images": len(source), "output": str(output), "checkpoint": ckpt_path}
-
-
-def _finish_wandb(loggers: list[Any]) -> None:
-    """Close W&B runs, so the next job of a multirun starts its own run."""
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        wandb.finish()
 
 
 def user_error_message(error: BaseException) -> str | None:
@@ -423,12 +528,23 @@ def user_error_message(error: BaseException) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """One run, or one job of a ``-m`` sweep.
+
+    An expected mistake is one line and exit status 1. In a sweep, a failing job (a mistake or a
+    bug, whose traceback is logged) is recorded in its ``results.json`` and the sweep goes on; the
+    sweep's callback (:class:`restoration.sweep.SweepSummary`) names the failed jobs and exits non-zero.
+    """
     # Printed by Lightning 2.6 on torch 2.14 at every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    sweep_job = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         value = run(cfg)
     except Exception as error:
         message = user_error_message(error)
+        if sweep_job:
+            job = HydraConfig.get().job
+            log.error("job %s failed: %s", job.num, message or "", exc_info=message is None)
+            return None
         if message is None:
             raise
         log.error("%s", message)

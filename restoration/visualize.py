@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["comparison_grid", "log_images", "save_png", "to_uint8"]
+__all__ = ["comparison_grid", "log_images", "pad_to_same_size", "save_png", "to_uint8"]
 
 _CAPTION_HEIGHT = 22
 _FONT_SIZE = 15
@@ -70,7 +70,22 @@ def log_images(
     """Send grids to the loggers that show images: W&B (one panel with captions) and TensorBoard."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=list(images), caption=list(captions), step=step)
+            # A W&B panel shows its images at one size; grids of different sizes are padded rather than
+            # stretched (W&B warns "Images sizes do not match" and distorts them otherwise).
+            padded = pad_to_same_size(images)
+            logger.log_image(key=key, images=padded, caption=list(captions), step=step)
         elif isinstance(logger, TensorBoardLogger):
             for image, name in zip(images, names, strict=True):
                 logger.experiment.add_image(f"{key}/{name}", image, step, dataformats="HWC")
+
+
+def pad_to_same_size(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """H×W×3 uint8 images padded with white at the bottom and right to the largest height and width."""
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    padded = []
+    for image in images:
+        canvas = np.full((height, width, image.shape[2]), 255, dtype=image.dtype)
+        canvas[: image.shape[0], : image.shape[1]] = image
+        padded.append(canvas)
+    return padded

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +20,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-import restoration.run  # noqa: F401  (registers the run_stamp / data_scale resolvers)
+# The library caches of downloaded weights point into one empty folder per test session, before any library
+# reads them: no test sees (or fills) the user's own caches, and HF_HUB_OFFLINE keeps every test offline.
+# Tests that need "downloaded" weights put tiny or random real-format files there (see
+# tests/guide_models.py) so that commands run as users type them.
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="restoration-tests-"))
+atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
+os.environ["HF_HOME"] = str(SESSION_CACHE / "huggingface")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import restoration.run  # noqa: E402  (registers the run_stamp / data_scale resolvers)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -63,6 +75,28 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
         text=True,
         timeout=timeout,
     )
+
+
+def run_as_typed(*args: str, cwd: Path) -> int:
+    """``python -m restoration.run ARGS`` as typed, in ``cwd``, in this process; the exit status.
+
+    Hydra composes the config, creates the run folder under ``cwd/logs`` and calls ``main`` exactly as
+    on the command line; only the interpreter start-up is saved.
+    """
+    saved_argv, saved_cwd = sys.argv, Path.cwd()
+    sys.argv = ["restoration.run", *args]
+    # a new process claims a new timestamped run folder, even within the same second: so does this call
+    restoration.run._CLAIMED_FOLDERS.clear()
+    os.chdir(cwd)
+    try:
+        restoration.run.main()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        HydraConfig.instance().cfg = None
+    return 0
 
 
 def write_image(

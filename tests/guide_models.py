@@ -17,6 +17,8 @@ import torch
 __all__ = [
     "TINY_CLIP_CONFIG",
     "TinyOpenClip",
+    "save_official_constyle_prompter",
+    "save_random_open_clip_in_cache",
     "save_tiny_ipt_prior",
     "save_tiny_open_clip",
     "save_tiny_prior",
@@ -148,3 +150,53 @@ def save_tiny_ipt_prior(folder: str | Path, *, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         network = IPT(**options)
     return _save_checkpoint(Path(folder) / "ipt_prior.ckpt", network, backbone)
+
+
+def save_official_constyle_prompter(path: str | Path, *, seed: int = 0) -> Path:
+    """A random ConStyle v2 prompter at paper size, official layout (``params_ema`` → ``encoder_q.``).
+
+    The file users download as ``pretrained_ConStyle_v2.pth`` and put in ``weights/`` (``paths.weights_dir``).
+    """
+    from restoration.archs.constyle import ConStyleEncoder
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = ConStyleEncoder(num_classes=None)
+        for name, buffer in encoder.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"params_ema": {f"encoder_q.{name}": value for name, value in encoder.state_dict().items()}}, path
+    )
+    return path
+
+
+def save_random_open_clip_in_cache(model: str = "ViT-B-32", tag: str = "openai", *, seed: int = 0) -> Path:
+    """Random weights of open_clip's ``model`` where a download of its ``tag`` would leave them.
+
+    The Hugging Face cache (``HF_HOME``) layout that ``huggingface_hub`` writes: ``refs/main`` naming a
+    snapshot holding ``open_clip_model.safetensors``. With them, ``guide.model=<model>
+    guide.pretrained=<tag>`` loads offline exactly as it does for a user who downloaded the real weights.
+    """
+    import open_clip
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    repo = open_clip.get_pretrained_cfg(model, tag)["hf_hub"].strip("/")
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    revision = "0" * 40
+    weights = folder / "snapshots" / revision / "open_clip_model.safetensors"
+    if weights.is_file():
+        return weights
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        clip = open_clip.create_model(model, force_quick_gelu=True)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in clip.state_dict().items()}, str(weights))
+    (folder / "refs").mkdir(exist_ok=True)
+    (folder / "refs" / "main").write_text(revision)
+    return weights

@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from restoration.data.datasets import (
     ShardSampler,
@@ -32,6 +33,7 @@ from restoration.data.datasets import (
 from restoration.data.degradations import Degradation
 from restoration.data.sources import ImageSource
 from restoration.errors import ConfigError
+from restoration.signals import ignore_sigterm
 
 __all__ = ["MixedPairedDataModule", "RestorationDataModule"]
 
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Tags the degradation stream so it never shares a seed with the crop stream of the same position.
 _DEGRADATION_STREAM = 1
+# Tags the seeds of the loader workers' generators (one stream per rank).
+_WORKER_STREAM = 2
 
 
 class RestorationDataModule(pl.LightningDataModule):
@@ -62,6 +66,8 @@ class RestorationDataModule(pl.LightningDataModule):
         seed: data seed (crops, order, degradations in training).
         val_seed: seed of the validation/test degradations, fixed so numbers compare across runs.
         pin_memory: pin loader memory; ``None`` pins when CUDA is available.
+        eval_crop: validate and test on the centre ``eval_crop`` GT pixels of each image (``None``:
+            whole images, the default; ``trainer=smoke`` sets it for a quick end-to-end check).
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class RestorationDataModule(pl.LightningDataModule):
         seed: int = 0,
         val_seed: int = 1,
         pin_memory: bool | None = None,
+        eval_crop: int | None = None,
     ) -> None:
         super().__init__()
         if crop_size < 1 or batch_size < 1 or num_workers < 0:
@@ -107,6 +114,7 @@ class RestorationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.val_seed = val_seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.eval_crop = eval_crop
         self.datasets: dict[str, Dataset] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._warned_unused_degradation = False
@@ -141,7 +149,7 @@ class RestorationDataModule(pl.LightningDataModule):
         self._prepare(source, split)
         if split == "train":
             return self._train_crops(source, seed=self.seed)
-        return WholeImages(source, degradation=self.degradation, seed=self.val_seed)
+        return WholeImages(source, degradation=self.degradation, seed=self.val_seed, crop=self.eval_crop)
 
     def _prepare(self, source: ImageSource, split: str, task: str | None = None) -> None:
         """Scan ``source`` (once), warn when a configured degradation goes unused, log the split's size."""
@@ -214,13 +222,43 @@ class RestorationDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+        rank, _ = self._rank_and_world()
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # Workers leave SIGTERM to the main process, which stops the run cleanly and ends them.
+            worker_init_fn=ignore_sigterm,
+            # Starting an iteration draws the workers' seeds from this generator rather than the global
+            # one, which then serves the network alone (dropout): validations, and resuming (which starts
+            # iterations an uninterrupted run does not), leave the network's random stream as it was.
+            generator=torch.Generator().manual_seed(stream_seed(self.seed, rank, _WORKER_STREAM)),
             **kwargs,
         )
+
+    def on_exception(self, exception: BaseException) -> None:
+        """End the loaders' worker processes when a trainer call fails or is stopped.
+
+        Lightning ends the workers of the loop that was running only: a call that fails inside a validation
+        during training leaves the training loader's workers, which Python's exit would end with SIGTERM,
+        which they ignore. The persistent iterator and its shutdown are PyTorch internals (Lightning's
+        ``_shutdown_workers_and_reset_iterator`` does the same).
+        """
+        trainer = self.trainer
+        if trainer is None:
+            return
+        loaders = (
+            trainer.train_dataloader,
+            trainer.val_dataloaders,
+            trainer.test_dataloaders,
+            trainer.predict_dataloaders,
+        )
+        for loader in loaders:
+            iterator = getattr(loader, "_iterator", None)
+            if isinstance(iterator, _MultiProcessingDataLoaderIter):
+                iterator._shutdown_workers()
+                loader._iterator = None
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         if "lq" in batch:
@@ -321,7 +359,9 @@ class MixedPairedDataModule(RestorationDataModule):
             if source is None:
                 continue
             self._prepare(source, split, task)
-            images.append((task, WholeImages(source, degradation=None, seed=self.val_seed)))
+            images.append(
+                (task, WholeImages(source, degradation=None, seed=self.val_seed, crop=self.eval_crop))
+            )
         if not images:
             raise ConfigError(
                 f"datamodule {self.name}: no task has a {split} split; set tasks.<name>.{split}"

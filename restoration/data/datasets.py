@@ -198,14 +198,27 @@ class WholeImages(Dataset):
         degradation: synthesizes LQ from clean images (unused for paired sources); clean GT images
             are cropped to a multiple of its scale first ("modcrop").
         seed: validation seed; image ``i`` is degraded with a generator seeded by ``(seed, i)``.
+        crop: evaluate the centre ``crop``×``crop`` GT pixels of each image (``None``: whole images);
+            paired LQ images are cropped at the matching place. A quick check (``trainer=smoke``),
+            not a benchmark protocol.
     """
 
-    def __init__(self, source: ImageSource, *, degradation: Degradation | None, seed: int = 1) -> None:
+    def __init__(
+        self,
+        source: ImageSource,
+        *,
+        degradation: Degradation | None,
+        seed: int = 1,
+        crop: int | None = None,
+    ) -> None:
         if not source.paired and degradation is None:
             raise DataError(f"{source.description} holds clean images but no degradation is configured")
+        if crop is not None and crop < 1:
+            raise DataError(f"evaluation crop={crop}; expected a positive size or null (whole images)")
         self.source = source
         self.degradation = degradation
         self.seed = seed
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.source)
@@ -213,9 +226,13 @@ class WholeImages(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
         gt, lq = self.source.read(index)
         degradation_type = 0
+        if lq is not None and self.crop is not None:
+            gt, lq = _centre_crop_pair(gt, lq, self.crop)
         if lq is None:
             assert self.degradation is not None
             scale = self.degradation.scale
+            if self.crop is not None:
+                gt = _centre_crop(gt, self.crop - self.crop % scale or scale)
             gt = gt[:, : gt.shape[1] - gt.shape[1] % scale, : gt.shape[2] - gt.shape[2] % scale]
             degraded, types = self.degradation(gt[None], _generator(self.seed, index))
             lq, degradation_type = degraded[0], int(types[0])
@@ -227,6 +244,29 @@ class WholeImages(Dataset):
             "label": self.source.label(index),
             "type": degradation_type,
         }
+
+
+def _centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size``×``size`` pixels of ``image`` (less along a side that is shorter)."""
+    height, width = image.shape[-2:]
+    crop_height, crop_width = min(size, height), min(size, width)
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    return image[..., top : top + crop_height, left : left + crop_width]
+
+
+def _centre_crop_pair(gt: torch.Tensor, lq: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre crops of a GT image and its LQ image (``scale`` times smaller) at the same place."""
+    scale = max(1, gt.shape[-1] // lq.shape[-1])
+    lq_size = max(1, size // scale)
+    lq_crop = _centre_crop(lq, lq_size)
+    top = (lq.shape[-2] - lq_crop.shape[-2]) // 2
+    left = (lq.shape[-1] - lq_crop.shape[-1]) // 2
+    gt_crop = gt[
+        ...,
+        top * scale : (top + lq_crop.shape[-2]) * scale,
+        left * scale : (left + lq_crop.shape[-1]) * scale,
+    ]
+    return gt_crop, lq_crop
 
 
 class TaskMixCrops(Dataset):

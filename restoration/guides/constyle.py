@@ -48,6 +48,12 @@ class ConStylePrompter(Guide):
             raise ConfigError(
                 "guide.checkpoint is not set: pass a prompter checkpoint, e.g. guide.checkpoint=..."
             )
+        if not Path(checkpoint).is_file():
+            raise ConfigError(
+                f"guide.checkpoint={checkpoint}: no such file; put the official pretrained_ConStyle_v2.pth "
+                "there, or train a prompter (experiment=constyle_pretrain) and pass "
+                "guide.checkpoint=<its checkpoints/last.ckpt>"
+            )
         if checkpoint_config(checkpoint) is not None:
             encoder, _ = trained_network(
                 checkpoint, expected=ConStyleEncoder, hint=" (a constyle_pretrain run)"

@@ -5,9 +5,13 @@
 - a NaN/inf loss check that stops training cleanly at the bad step (see :meth:`checked_loss`);
 - validation and test on whole images: padding to the network's size multiple, optional tiling,
   PSNR/SSIM (RGB and Y) through :class:`~restoration.metrics.ImageQuality` of the restored images
-  and, as the baseline, of the degraded inputs (``val/degraded/psnr``), and captioned
-  degraded | restored | ground-truth grids for a fixed set of images, written as PNG files under
-  ``<run dir>/images`` and sent to the loggers;
+  and, as the baseline, of the degraded inputs (``val/degraded/psnr``; scored once per image, as the
+  validation inputs are the same at every validation), and captioned degraded | restored | ground-truth
+  grids for a fixed set of images, written as PNG files under ``<run dir>/images`` and sent to the loggers;
+- the per-image scores of the last validation and test (:attr:`RestorationStage.image_scores`);
+- evaluation metrics logged at ``trainer.global_step``, the step in the names of the checkpoints and
+  grids (:meth:`RestorationStage.log_evaluation`);
+- stop points between images and batches of tiles, where a SIGTERM stops the run (restoration/signals.py);
 - when the data mixes several degradation types (all-in-one), the same metrics per type
   (``val/<type>/psnr``; the un-prefixed ``val/psnr`` stays the mean over all images);
 - intermediate outputs a stage names in :attr:`RestorationStage.scored_outputs` (e.g. PTG-RM's target
@@ -22,6 +26,7 @@ image, overrides :meth:`RestorationStage.run_network` (one forward pass on a pad
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -40,6 +45,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from restoration.archs.common import pad_to_multiple
 from restoration.errors import ConfigError
 from restoration.metrics import ImageQuality
+from restoration.signals import stop_point
 from restoration.tiling import tiled_forward
 from restoration.visualize import comparison_grid, log_images, save_png, to_uint8
 
@@ -147,7 +153,14 @@ class RestorationStage(pl.LightningModule):
         self.type_names: tuple[str, ...] = ()
         self.diverged_at: tuple[int, float] | None = None
         self.last_validated_step: int | None = None
+        self.image_scores: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
+        """Per image of the last validation / test, in dataset order, on every rank: ``name``, ``type`` (the
+        degradation type's name when the data mixes several, else ``None``), ``psnr``, ``ssim``, ``psnr_y``,
+        ``ssim_y``, ``degraded_psnr``, ``degraded_ssim``."""
+        self._image_records: dict[str, list[tuple[int, dict[str, Any]]]] = {"val": [], "test": []}
         self._grids: list[tuple[int, str, np.ndarray, str]] = []
+        # fingerprint of a degraded and a ground-truth image -> the degraded image's scores
+        self._degraded_scores: dict[bytes, dict[str, float]] = {}
 
     scored_outputs: tuple[str, ...] = ()
     """Names of the intermediate outputs of :meth:`restore_for_evaluation` that get their own metrics."""
@@ -255,6 +268,7 @@ class RestorationStage(pl.LightningModule):
         net = self.eval_net
 
         def forward(images: torch.Tensor) -> torch.Tensor:
+            stop_point()  # before each image or batch of tiles, a requested stop is taken here
             height, width = images.shape[-2:]
             padded = pad_to_multiple(images, self.pad_multiple)
             restored = self.run_network(net, padded)
@@ -304,51 +318,107 @@ class RestorationStage(pl.LightningModule):
                 f"the network maps {tuple(degraded.shape[1:])} to {tuple(restored.shape[1:])} but the ground "
                 f"truth is {tuple(target.shape[1:])}: does the backbone's upscale match the data's scale?"
             )
+        indices = batch["index"].tolist()
         baseline = _as_large_as(degraded.float(), target)
-        self.metrics[split].update(restored, target)
-        self.metrics[f"{split}_degraded"].update(baseline, target)
-        for name, images in extras.items():
-            self.metrics[f"{split}_{name}"].update(images, target)
+        # Each image is scored once per output; the metrics, the captions and the per-image table share it.
+        scores = self.metrics[split].per_image(restored, target)
+        before = self._baseline_scores(degraded, baseline, target)
+        middle = {name: self.metrics[split].per_image(images, target) for name, images in extras.items()}
+        self.metrics[split].update(scores=scores)
+        self.metrics[f"{split}_degraded"].update(scores=before)
+        for name, values in middle.items():
+            self.metrics[f"{split}_{name}"].update(scores=values)
+        types: list[str | None] = [None] * len(indices)
         if self.type_names and "type" in batch:
+            types = [self.type_names[type_id] for type_id in batch["type"].tolist()]
             for type_id in batch["type"].unique().tolist():
                 chosen = batch["type"] == type_id
-                self.metrics[f"{split}_{self.type_names[type_id]}"].update(restored[chosen], target[chosen])
+                self.metrics[f"{split}_{self.type_names[type_id]}"].update(
+                    scores={key: values[chosen] for key, values in scores.items()}
+                )
         output_dir = Path(self.trainer.default_root_dir)
-        for i, index in enumerate(batch["index"].tolist()):
+        for i, index in enumerate(indices):
             name = batch["name"][i]
+            self._image_records[split].append(
+                (
+                    index,
+                    {
+                        "name": name,
+                        "type": types[i],
+                        **{key: float(values[i]) for key, values in scores.items()},
+                        "degraded_psnr": float(before["psnr"][i]),
+                        "degraded_ssim": float(before["ssim"][i]),
+                    },
+                )
+            )
             if split == "test" and self.save_test_images:
                 save_png(to_uint8(restored[i]), output_dir / "images" / "test" / "restored" / f"{name}.png")
             if split == "val" and index < self.num_logged_images:
-                intermediate = {key: images[i] for key, images in extras.items()}
-                self._grids.append(
-                    (index, name, *self._grid(degraded[i], baseline[i], intermediate, restored[i], target[i]))
-                )
+                steps = {
+                    "degraded": (degraded[i], before),
+                    **{key: (images[i], middle[key]) for key, images in extras.items()},
+                    "restored": (restored[i], scores),
+                }
+                panels = {label: (image, _scores_of(values, i)) for label, (image, values) in steps.items()}
+                self._grids.append((index, name, *self._grid(panels, target[i])))
+
+    def _baseline_scores(
+        self, degraded: torch.Tensor, baseline: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-image scores of the degraded inputs (``baseline``: at the target's size), each computed once.
+
+        Validation inputs are the same at every validation (degraded with the fixed
+        ``datamodule.val_seed``, or read from files), so their scores are kept, under a fingerprint of the
+        degraded and ground-truth pixels: an input that differs in any pixel from those scored before
+        (another datamodule or ``val_seed``) is scored anew. Hashing an image costs a small part of
+        scoring it (SSIM in float64).
+        """
+        fingerprints = [_fingerprint(degraded[i], target[i]) for i in range(len(target))]
+        new = [i for i, fingerprint in enumerate(fingerprints) if fingerprint not in self._degraded_scores]
+        if new:
+            fresh = self.metrics["val"].per_image(baseline[new], target[new])
+            for row, i in enumerate(new):
+                self._degraded_scores[fingerprints[i]] = {
+                    key: float(values[row]) for key, values in fresh.items()
+                }
+        rows = [self._degraded_scores[fingerprint] for fingerprint in fingerprints]
+        return {
+            key: torch.tensor([row[key] for row in rows], dtype=torch.float64, device=target.device)
+            for key in rows[0]
+        }
 
     def _grid(
-        self,
-        degraded: torch.Tensor,
-        baseline: torch.Tensor,
-        intermediate: dict[str, torch.Tensor],
-        restored: torch.Tensor,
-        target: torch.Tensor,
+        self, panels: Mapping[str, tuple[torch.Tensor, Mapping[str, float]]], target: torch.Tensor
     ) -> tuple[np.ndarray, str]:
-        def scores(images: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self.metrics["val"].per_image(images[None], target[None])
+        """The comparison grid of one image and its caption.
 
-        before, after = scores(baseline), scores(restored)
-        middle = {key: scores(images) for key, images in intermediate.items()}
-        labels = [
-            f"degraded {before['psnr'].item():.2f} dB",
-            *(f"{key} {value['psnr'].item():.2f} dB" for key, value in middle.items()),
-            f"restored {after['psnr'].item():.2f} dB",
-            "ground truth",
-        ]
-        steps = [before, *middle.values(), after]
+        ``panels`` maps labels to (image, its PSNR/SSIM): the degraded input first, then any intermediate
+        outputs, the restored image last; the ground truth ``target`` closes the row.
+        """
+        labels = [f"{label} {values['psnr']:.2f} dB" for label, (_, values) in panels.items()]
+        steps = [values for _, values in panels.values()]
         caption = (
-            "PSNR " + " -> ".join(f"{value['psnr'].item():.2f}" for value in steps) + " dB, "
-            "SSIM " + " -> ".join(f"{value['ssim'].item():.4f}" for value in steps)
+            "PSNR " + " -> ".join(f"{values['psnr']:.2f}" for values in steps) + " dB, "
+            "SSIM " + " -> ".join(f"{values['ssim']:.4f}" for values in steps)
         )
-        return comparison_grid([degraded, *intermediate.values(), restored, target], labels), caption
+        images = [image for image, _ in panels.values()]
+        return comparison_grid([*images, target], [*labels, "ground truth"]), caption
+
+    def log_evaluation(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Log validation or test metrics at ``trainer.global_step``, the step in checkpoint and grid names.
+
+        Lightning logs a validation run during training at its count of optimizer steps before the step just
+        made (``best_step0000004.ckpt`` and ``chelsea_step0000004.png`` would meet ``val/psnr`` at step 3), so
+        the loggers get the metrics here; Lightning gets them only for ``trainer.callback_metrics``, which the
+        checkpoint callback, the progress log and ``results.json`` read.
+        """
+        self.log_dict(dict(values), logger=False, sync_dist=False)
+        if self.trainer.sanity_checking:
+            return
+        scalars = {key: float(value) for key, value in values.items()}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=self.global_step)
+            logger.save()
 
     def _finish_evaluation(self, split: str) -> None:
         values = {f"{split}/{key}": value for key, value in self.metrics[split].compute().items()}
@@ -360,7 +430,10 @@ class RestorationStage(pl.LightningModule):
             values |= {f"{split}/{group}/{key}": value for key, value in scores.items()}
         for name in (split, "degraded", *self.scored_outputs, *self.type_names):
             self.metrics[name if name == split else f"{split}_{name}"].reset()
-        self.log_dict(values, sync_dist=False)
+        self.log_evaluation(values)
+        records = sorted(_gather_objects(self._image_records[split]), key=lambda item: item[0])
+        self.image_scores[split] = [record for _, record in records]
+        self._image_records[split] = []
         if split != "val":
             return
         grids = sorted(_gather_objects(self._grids), key=lambda item: item[0])
@@ -380,6 +453,21 @@ class RestorationStage(pl.LightningModule):
             captions=[f"{name}: {caption}" for _, name, _, caption in grids],
             step=step,
         )
+
+
+def _scores_of(values: Mapping[str, torch.Tensor], i: int) -> dict[str, float]:
+    """The PSNR and SSIM of image ``i`` of a batch's per-image scores."""
+    return {key: float(values[key][i]) for key in ("psnr", "ssim")}
+
+
+def _fingerprint(*images: torch.Tensor) -> bytes:
+    """A digest of the images' sizes and pixels: equal digests mean equal images."""
+    digest = hashlib.blake2b(digest_size=16)
+    for image in images:
+        pixels = image.detach().float().cpu().contiguous()
+        digest.update(str(tuple(pixels.shape)).encode())
+        digest.update(pixels.numpy().tobytes())
+    return digest.digest()
 
 
 def _as_large_as(degraded: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -498,7 +498,7 @@ class ConStylePretrainStage(RestorationStage):
             if metric.update_count:
                 values[f"{split}/{name}"] = metric.compute()
             metric.reset()
-        self.log_dict(values, sync_dist=False)
+        self.log_evaluation(values)
 
 
 def _random_resized_box(

@@ -27,7 +27,6 @@ checkpoints and sweeps optimise.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,8 @@ from restoration.data.datasets import stream_seed
 from restoration.data.degradations import Degradation
 from restoration.errors import ConfigError
 from restoration.metrics import ImageQuality
-from restoration.stages.base import RestorationStage, _as_large_as
+from restoration.signals import stop_point
+from restoration.stages.base import RestorationStage, _as_large_as, _scores_of
 from restoration.tiling import ipt_tiled_forward
 from restoration.visualize import save_png, to_uint8
 
@@ -92,8 +92,13 @@ class IPTTiling:
         height, width = degraded.shape[-2:]
         size, scale = net.patch_size, net.scale_of(task)
         padded = F.pad(degraded, (0, max(0, size - width), 0, max(0, size - height)), mode="replicate")
+
+        def forward(tiles: Tensor) -> Tensor:
+            stop_point()  # between batches of tiles, a requested stop is taken here (restoration/signals.py)
+            return net(tiles, task=task)
+
         restored = ipt_tiled_forward(
-            functools.partial(net, task=task),
+            forward,
             padded,
             scale=scale,
             protocol=self.protocol,
@@ -265,20 +270,26 @@ class IPTPretrainStage(RestorationStage):
                 degraded = degraded.to(target.device)
                 restored = self.restore(degraded, task).float().clamp(0, 1)
                 baseline = _as_large_as(degraded, target)
-                self.task_metrics[f"{split}_{task}"].update(restored, target)
-                self.task_metrics[f"{split}_{task}_degraded"].update(baseline, target)
+                # scored once with the task's border: for the task, the means over tasks and the caption
+                scores = self.task_metrics[f"{split}_{task}"].per_image(restored, target)
+                before = self.task_metrics[f"{split}_{task}_degraded"].per_image(baseline, target)
+                self.task_metrics[f"{split}_{task}"].update(scores=scores)
+                self.task_metrics[f"{split}_{task}_degraded"].update(scores=before)
                 name = f"{batch['name'][i]}_{task}"
                 if split == "test" and self.save_test_images:
                     output_dir = Path(self.trainer.default_root_dir) / "images" / "test" / "restored"
                     save_png(to_uint8(restored[0]), output_dir / f"{name}.png")
-                # the means over tasks: the base metrics (no border of their own) get the scored region
-                height, width = target.shape[-2:]
-                inner = (..., slice(border, height - border), slice(border, width - border))
-                restored, baseline, target = restored[inner], baseline[inner], target[inner]
-                self.metrics[split].update(restored, target)
-                self.metrics[f"{split}_degraded"].update(baseline, target)
+                # the means over tasks (the base metrics have no border of their own)
+                self.metrics[split].update(scores=scores)
+                self.metrics[f"{split}_degraded"].update(scores=before)
                 if split == "val" and index < self.num_logged_images:
-                    grid = self._grid(degraded[0], baseline[0], {}, restored[0], target[0])
+                    height, width = target.shape[-2:]
+                    inner = (..., slice(border, height - border), slice(border, width - border))
+                    panels = {
+                        "degraded": (degraded[0], _scores_of(before, 0)),
+                        "restored": (restored[0][inner], _scores_of(scores, 0)),
+                    }
+                    grid = self._grid(panels, target[0][inner])
                     self._grids.append((index * len(self.net.tasks) + task_index, name, *grid))
 
     def _log_task_metrics(self, split: str) -> None:
@@ -288,4 +299,4 @@ class IPTPretrainStage(RestorationStage):
                 metrics = self.task_metrics[f"{split}_{task}{suffix}"]
                 values |= {f"{split}/{task}/{kind}{key}": value for key, value in metrics.compute().items()}
                 metrics.reset()
-        self.log_dict(values, sync_dist=False)
+        self.log_evaluation(values)

@@ -33,6 +33,7 @@ from restoration.archs.common import pad_to_multiple
 from restoration.errors import ConfigError
 from restoration.guides.base import Guide
 from restoration.losses import VGGPerceptualLoss
+from restoration.signals import stop_point
 from restoration.stages.base import RestorationStage
 from restoration.tiling import tiled_forward
 
@@ -171,6 +172,7 @@ class PTGRMStage(RestorationStage):
         osf = self.guide(degraded)
 
         def forward(images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+            stop_point()  # before each image or batch of tiles, a requested stop is taken here
             refined, target_out = net(pad_to_multiple(images, self.pad_multiple), features)
             # one tensor, so that tiles of both outputs are blended alike
             return torch.cat([refined, target_out], dim=1)[..., : images.shape[-2], : images.shape[-1]]
