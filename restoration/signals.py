@@ -21,15 +21,15 @@ Stopped in evaluation after training, the run keeps the ``last.ckpt`` training w
 changes nothing; SIGKILL still ends the process at once.
 
 Lightning 2.x has a SIGTERM handler of its own (a flag its loops check, raising ``SIGTERMException``). Its
-checks come after a finished validation batch (the resumed run then skips that validation) and
-after the step count of the loggers moved on (the resumed run logs one step late); it never stops inside a
-validation step, and ``SIGTERMException`` exits with status 0. So while a trainer runs,
-:class:`StopOnSignal` puts this module's handler back in place of Lightning's; Lightning restores it when
-the trainer call ends. SIGUSR1 stays Lightning's: under SLURM with auto-requeue (``SLURMEnvironment``, on
-by default) it still saves ``hpc_ckpt_<n>.ckpt`` and requeues the job.
+checks come after a finished validation batch (the resumed run then skips that validation) and at the end
+of a step that validated (the resumed run then logs its training metrics one step late); it never stops
+inside a validation step, and ``SIGTERMException``, a ``SystemExit`` without a code, ends the process with
+status 0. So while a trainer runs, :class:`StopOnSignal` puts this module's handler back in place of
+Lightning's; Lightning restores it when the trainer call ends. SIGUSR1 stays Lightning's: under SLURM with
+auto-requeue (``SLURMEnvironment``, on by default) it still saves ``hpc_ckpt_<n>.ckpt`` and requeues the job.
 
-``timeout`` and SLURM signal every process of the job; the data loader workers ignore SIGTERM
-(:func:`ignore_sigterm`) and are ended by the main process when it stops.
+``timeout`` and SLURM signal every process of the job; the data loader workers leave that SIGTERM to the
+main process (:func:`leave_sigterm_to_main_process`), which ends them when it stops.
 
 Under DDP the ranks agree at the end of every optimizer step whether any of them was asked to stop (one
 all-reduce of a flag) and stop there together. A validation or test in progress runs to its end: ranks hold
@@ -39,6 +39,8 @@ different numbers of images, so there is no point inside it that all of them rea
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -52,7 +54,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-__all__ = ["RunInterrupted", "StopOnSignal", "ignore_sigterm", "stop_on_sigterm", "stop_point"]
+__all__ = ["RunInterrupted", "StopOnSignal", "leave_sigterm_to_main_process", "stop_on_sigterm", "stop_point"]
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +142,30 @@ def stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def ignore_sigterm(worker_id: int) -> None:
-    """``worker_init_fn`` of the data loaders: a worker process leaves SIGTERM to the main process.
+def leave_sigterm_to_main_process(worker_id: int) -> None:
+    """``worker_init_fn`` of the data loaders: a SIGTERM sent to the whole job is left to the main process.
 
-    ``timeout`` and SLURM signal every process of a job. A worker killed by SIGTERM (PyTorch's worker
-    handler dies of it) fails the run ("DataLoader worker is killed by signal") before the main process
-    reaches its stop point; the main process ends its workers itself, and a worker whose main process is
-    gone ends on its own.
+    ``timeout`` and SLURM signal every process of a job, and PyTorch's workers die of SIGTERM: the main
+    process would then fail ("DataLoader worker is killed by signal") instead of stopping cleanly. A SIGTERM
+    from the worker's own main process (which ends its workers with it, also at exit) still ends the worker,
+    so the signal is blocked and a thread takes it and looks at the sender.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS and Windows: the sender is not known, workers die of it
+        return
+    # the process that started the worker (with forkserver, not the worker's OS parent)
+    parent = multiprocessing.parent_process()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(
+        target=_end_on_sigterm_from, args=(parent.pid if parent else os.getppid(),), daemon=True
+    ).start()
+
+
+def _end_on_sigterm_from(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    # The main process ends a worker this way at its exit or when the worker missed its shutdown. Exit
+    # status 0: PyTorch's main process reports a worker killed by a signal as a failed data loader.
+    os._exit(0)
 
 
 def stop_point() -> None:

@@ -19,7 +19,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from restoration.data.datasets import (
     ShardSampler,
@@ -33,7 +32,7 @@ from restoration.data.datasets import (
 from restoration.data.degradations import Degradation
 from restoration.data.sources import ImageSource
 from restoration.errors import ConfigError
-from restoration.signals import ignore_sigterm
+from restoration.signals import leave_sigterm_to_main_process
 
 __all__ = ["MixedPairedDataModule", "RestorationDataModule"]
 
@@ -228,37 +227,14 @@ class RestorationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            # Workers leave SIGTERM to the main process, which stops the run cleanly and ends them.
-            worker_init_fn=ignore_sigterm,
+            # a SIGTERM to the whole job stops the run through the main process, which then ends the workers
+            worker_init_fn=leave_sigterm_to_main_process,
             # Starting an iteration draws the workers' seeds from this generator rather than the global
             # one, which then serves the network alone (dropout): validations, and resuming (which starts
             # iterations an uninterrupted run does not), leave the network's random stream as it was.
             generator=torch.Generator().manual_seed(stream_seed(self.seed, rank, _WORKER_STREAM)),
             **kwargs,
         )
-
-    def on_exception(self, exception: BaseException) -> None:
-        """End the loaders' worker processes when a trainer call fails or is stopped.
-
-        Lightning ends the workers of the loop that was running only: a call that fails inside a validation
-        during training leaves the training loader's workers, which Python's exit would end with SIGTERM,
-        which they ignore. The persistent iterator and its shutdown are PyTorch internals (Lightning's
-        ``_shutdown_workers_and_reset_iterator`` does the same).
-        """
-        trainer = self.trainer
-        if trainer is None:
-            return
-        loaders = (
-            trainer.train_dataloader,
-            trainer.val_dataloaders,
-            trainer.test_dataloaders,
-            trainer.predict_dataloaders,
-        )
-        for loader in loaders:
-            iterator = getattr(loader, "_iterator", None)
-            if isinstance(iterator, _MultiProcessingDataLoaderIter):
-                iterator._shutdown_workers()
-                loader._iterator = None
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         if "lq" in batch:
