@@ -7,6 +7,8 @@ from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
+from restoration.run import apply_smoke
+
 from .conftest import CONF
 
 GROUPS = (
@@ -48,9 +50,10 @@ def test_option_composes_and_resolves(group: str, option: str, make_config) -> N
 @pytest.mark.parametrize("option", ["default", "cpu", "smoke", "ddp_cpu"])
 def test_cpu_trainers_instantiate(option: str, make_config) -> None:
     cfg = make_config(f"trainer={option}")
+    apply_smoke(cfg)  # what restoration.run does first: the smoke node is no Trainer argument
     trainer = instantiate(cfg.trainer)
     assert isinstance(trainer, Trainer)
-    assert trainer.max_steps == (4 if option == "smoke" else cfg.max_steps)
+    assert trainer.max_steps == (2 if option == "smoke" else 20000) == cfg.max_steps
 
 
 @pytest.mark.parametrize("option", ["csv", "tensorboard", "wandb"])
@@ -69,10 +72,29 @@ def test_experiments_are_global_packages() -> None:
 
 
 def test_smoke_trainer_shortens_any_experiment(make_config) -> None:
-    cfg = make_config("experiment=restore_embedded_denoise", "trainer=smoke")
-    assert cfg.trainer.max_steps == 4 and cfg.stage.scheduler.total_steps == 4
+    cfg = make_config("experiment=ptgrm_lowlight", "trainer=smoke")
+    apply_smoke(cfg)
+    assert "smoke" not in cfg.trainer
+    assert (
+        cfg.trainer.max_steps == 2
+        and cfg.stage.scheduler.total_steps == 2
+        and cfg.trainer.val_check_interval == 1
+    )
+    assert cfg.datamodule.batch_size == 2 and cfg.datamodule.eval_crop == 48
+    assert cfg.datamodule.crop_size == 256 and cfg.backbone._target_.endswith("SNRAware")  # the recipe stays
+    # what the command line gives wins over the caps
+    cfg = make_config(
+        "experiment=ptgrm_lowlight", "trainer=smoke", "max_steps=7", "datamodule.eval_crop=null"
+    )
+    apply_smoke(cfg)
+    assert (
+        cfg.trainer.max_steps == 7
+        and cfg.trainer.val_check_interval == 1
+        and cfg.datamodule.eval_crop is None
+    )
     cfg = make_config("experiment=restore_embedded_denoise")
-    assert cfg.trainer.max_steps == cfg.max_steps == 20000
+    apply_smoke(cfg)
+    assert cfg.trainer.max_steps == cfg.max_steps == 20000 and cfg.datamodule.eval_crop is None
 
 
 @pytest.mark.parametrize(

@@ -259,7 +259,8 @@ def test_three_steps_train_query_only_and_keep_state(tmp_path: Path) -> None:
     for name in ("pretext_top1", "infonce_top1", "infonce", "cosine"):
         assert math.isfinite(float(metrics[f"val/{name}"])), name
     assert 0.0 <= float(metrics["val/pretext_top1"]) <= 1.0
-    assert -1.0 <= float(metrics["val/cosine"]) <= 1.0
+    # a cosine, up to float32 rounding (1.0000001 is seen with 2 torch threads)
+    assert -1.0 - 1e-6 <= float(metrics["val/cosine"]) <= 1.0 + 1e-6
 
     # the step-0 queue write was overwritten at step 2 (K = 2 batches): check it through a fresh queue
     replay = EmbeddingQueue(dim=128, size=8)

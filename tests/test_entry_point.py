@@ -77,6 +77,7 @@ def test_tiled_validation_matches_whole_images(make_config) -> None:
         "backbone.width=8",
         "backbone.blocks=1",
         "datamodule.batch_size=2",
+        "datamodule.eval_crop=null",  # whole photos, larger than the tiles
         "test=false",
     )
     whole = make_config("experiment=restore_embedded_denoise", *small, run_name="whole")

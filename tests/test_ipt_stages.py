@@ -34,7 +34,8 @@ from .conftest import CLI_ENV, EXPERIMENTS, ROOT
 # With trainer=smoke, these make every ipt_* experiment a CPU smoke run: the tiny six-task IPT, two images
 # per batch (the contrastive loss needs two), one validation and one test image tiled with the fast protocol.
 SMALL = ("backbone=ipt_tiny", "datamodule.batch_size=2", "stage.tiling.protocol=fast")
-SMOKE = ("trainer=smoke", *SMALL, "trainer.limit_val_batches=1", "trainer.limit_test_batches=1")
+# 4 steps, validation every 2, on the whole first photo (through the tiling)
+SMOKE = ("trainer=smoke", *SMALL, "max_steps=4", "val_every=2", "datamodule.eval_crop=null")
 FINETUNE_EXPERIMENTS = [name for name in EXPERIMENTS if name.startswith("ipt_finetune_")]
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
 

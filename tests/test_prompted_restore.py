@@ -29,6 +29,9 @@ pytestmark = pytest.mark.usefixtures("in_tmp_dir")
 TINY = (
     "backbone=constyle_nafnet_tiny",
     "trainer=smoke",
+    "max_steps=4",
+    "val_every=2",
+    "trainer.limit_val_batches=2",
     "datamodule.batch_size=2",
     "datamodule.crop_size=32",
 )
