@@ -7,8 +7,10 @@ in the Hugging Face cache of this test session, ConStyle's released prompter in 
 user who has the weights would have them.
 
 The experiments whose paper-size networks take minutes on a 2-core CPU (IPT's 115M parameters, the
-Restormer targets of PTG-RM) carry the ``paper`` mark: ``make test-experiments`` runs them, ``make test``
-leaves them out to stay within its time budget (their smoke times are in experiments/bench/README.md).
+Restormer targets of PTG-RM), and those over 10 s, carry the ``paper`` mark: ``make test-experiments``
+runs them, ``make test`` leaves them out to stay within its time budget (their smoke times are in
+experiments/bench/README.md); ``make test`` covers their stages at tiny sizes (tests/test_run.py,
+tests/test_ipt_stages.py, tests/test_prompted_restore.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ PAPER_SIZE = {
     *(name for name in EXPERIMENTS if name.startswith("ipt_")),
     *(name for name in EXPERIMENTS if name.startswith(("ptgrm_derain", "ptgrm_deblur", "ptgrm_denoise"))),
 }
+# Over 10 s each: run in `make test-experiments` too, to keep `make test` within its budget; the main
+# command of the project, experiment=ptgrm_lowlight (30 s), stays in `make test`.
+LONG = {*PAPER_SIZE, "constyle_allinone", "origin_allinone", "ptgrm_lowlight_baseline"}
 # What a prompter validates: its pretext and contrastive scores (no image metrics, no grids).
 PROMPTER_SCORES = {"pretext_top1", "infonce_top1", "infonce", "cosine"}
 IMAGE_SCORES = {"psnr", "ssim", "psnr_y", "ssim_y"}
@@ -57,7 +62,7 @@ def _the_run(cwd: Path) -> Path:
 @pytest.mark.parametrize(
     "experiment",
     [
-        pytest.param(name, marks=[pytest.mark.paper] if name in PAPER_SIZE else [pytest.mark.slow])
+        pytest.param(name, marks=[pytest.mark.paper] if name in LONG else [pytest.mark.slow])
         for name in EXPERIMENTS
     ],
 )

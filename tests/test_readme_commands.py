@@ -26,7 +26,7 @@ from restoration.data.sources import _hash_fraction
 
 from .conftest import ROOT, run_as_typed, write_image
 from .guide_models import save_official_constyle_prompter, save_random_open_clip_in_cache
-from .test_experiments import PAPER_SIZE
+from .test_experiments import LONG
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "experiments").glob("**/README.md"))]
 # the dataset folders of the examples
@@ -53,19 +53,27 @@ def documented_commands(path: Path) -> list[str]:
     return commands
 
 
+def _long(command: str) -> bool:
+    """Whether the command trains a paper-size network that takes over 10 s with ``trainer=smoke``.
+
+    Those run in ``make test-experiments``; their experiments run as typed in tests/test_experiments.py.
+    """
+    options = dict(arg.split("=", 1) for arg in shlex.split(command) if "=" in arg)
+    experiment = options.get("experiment", "")
+    tiny = options.get("backbone", "").endswith("_tiny")
+    return not tiny and (experiment in LONG or experiment.startswith("ptgrm_"))
+
+
 CASES = [
     pytest.param(
         document,
         index,
         command,
         id=f"{document.relative_to(ROOT)}:{index}",
-        marks=[pytest.mark.paper if _experiment in PAPER_SIZE else pytest.mark.slow],
+        marks=[pytest.mark.paper if _long(command) else pytest.mark.slow],
     )
     for document in DOCUMENTS
     for index, command in enumerate(documented_commands(document))
-    for _experiment in [
-        dict(arg.split("=", 1) for arg in shlex.split(command) if "=" in arg).get("experiment")
-    ]
 ]
 
 

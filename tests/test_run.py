@@ -333,25 +333,36 @@ def test_tensorboard_logger_writes_events(make_config) -> None:
 # ---- the command line ----------------------------------------------------------------------------
 
 
-def test_cli_data_error_is_one_line(tmp_path: Path) -> None:
-    result = run_cli(
-        "datamodule=folder", f"datamodule.root={tmp_path / 'missing'}", "trainer=smoke", cwd=tmp_path
+def _typed(*args: str, cwd: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The exit status and everything printed by ``python -m restoration.run ARGS`` typed in ``cwd``."""
+    status = run_as_typed(*args, cwd=cwd)
+    printed = capsys.readouterr()
+    return status, printed.out + printed.err
+
+
+def test_cli_data_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, printed = _typed(
+        "datamodule=folder",
+        f"datamodule.root={tmp_path / 'missing'}",
+        "trainer=smoke",
+        cwd=tmp_path,
+        capsys=capsys,
     )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stdout
-    errors = [line for line in result.stdout.splitlines() if "[ERROR]" in line]
+    assert status == 1
+    assert "Traceback" not in printed
+    errors = [line for line in printed.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and f"{tmp_path / 'missing'}: folder not found" in errors[0]
 
 
-def test_cli_unknown_option_and_key_give_hydra_errors(tmp_path: Path) -> None:
-    result = run_cli("datamodule=imagenet_typo", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stdout
-    assert (
-        "Could not find 'datamodule/imagenet_typo'" in result.stdout and "Available options" in result.stdout
-    )
-    result = run_cli("trainer.max_stepz=3", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stdout
-    assert "Key 'max_stepz' is not in struct" in result.stdout
+def test_cli_unknown_option_and_key_give_hydra_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, printed = _typed("datamodule=imagenet_typo", cwd=tmp_path, capsys=capsys)
+    assert status == 1 and "Traceback" not in printed
+    assert "Could not find 'datamodule/imagenet_typo'" in printed and "Available options" in printed
+    status, printed = _typed("trainer.max_stepz=3", cwd=tmp_path, capsys=capsys)
+    assert status == 1 and "Traceback" not in printed
+    assert "Key 'max_stepz' is not in struct" in printed
 
 
 def _sweep_jobs(cwd: Path, task: str) -> list[Path]:
