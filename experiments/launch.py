@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["run_experiment"]
+__all__ = ["run_experiment", "run_sweep"]
 
 
 def run_experiment(overrides: list[str], output_dir: Path) -> dict:
@@ -26,3 +26,29 @@ def run_experiment(overrides: list[str], output_dir: Path) -> dict:
     if subprocess.call(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
         raise SystemExit(f"failed; see {output_dir / 'run.log'}")
     return json.loads(finished.read_text())
+
+
+def run_sweep(overrides: list[str], sweep_dir: Path) -> list[dict]:
+    """Run a ``-m`` sweep of the entry point into ``sweep_dir``; return its jobs' ``results.json``.
+
+    The sweep ends with its aggregated table (``aggregate.md`` / ``aggregate.csv`` in ``sweep_dir``, see
+    ``restoration.aggregate``). A folder whose jobs all finished is not run again. A failed job ends the
+    script with the sweep's log folder.
+    """
+    command = [sys.executable, "-m", "restoration.run", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    print("$ python -m restoration.run -m " + " ".join(command[4:]), flush=True)
+    if (sweep_dir / "aggregate.md").is_file() and _all_finished(sweep_dir):
+        print("  (already done: reusing its results)", flush=True)
+    elif subprocess.call(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
+        raise SystemExit(f"a job failed; see {sweep_dir}/aggregate.md and the jobs' run.log")
+    return [json.loads((folder / "results.json").read_text()) for folder in _job_folders(sweep_dir)]
+
+
+def _job_folders(sweep_dir: Path) -> list[Path]:
+    folders = [path for path in sweep_dir.iterdir() if path.is_dir() and path.name.isdigit()]
+    return sorted(folders, key=lambda path: int(path.name))
+
+
+def _all_finished(sweep_dir: Path) -> bool:
+    results = [folder / "results.json" for folder in _job_folders(sweep_dir)]
+    return all(path.is_file() and json.loads(path.read_text())["status"] == "finished" for path in results)

@@ -411,6 +411,7 @@ def _build_and_run(
     stage = instantiate(cfg.stage, net=net, **extras)
     if ckpt_path is not None:
         check_state_dict(ckpt_path, load_checkpoint_header(ckpt_path)["state_dict"], stage.state_dict())
+    results["parameters"] = _parameter_counts(stage)
 
     # The config as plain containers, interpolations resolved, without Hydra's own node.
     resolved = {
@@ -438,6 +439,14 @@ def _build_and_run(
     results.update(resumed_from=ckpt_path if cfg.train else None, world_size=trainer.world_size)
     with _ddp_sweep_job(trainer.world_size):
         return _fit_and_test(cfg, trainer, stage, datamodule, ckpt_path, results)
+
+
+def _parameter_counts(stage: pl.LightningModule) -> dict[str, int]:
+    """Trainable parameters (what the optimizer updates) and frozen ones (guides, prompters, VGG)."""
+    counts = {"trainable": 0, "frozen": 0}
+    for parameter in stage.parameters():
+        counts["trainable" if parameter.requires_grad else "frozen"] += parameter.numel()
+    return counts
 
 
 def _fit_and_test(

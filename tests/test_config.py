@@ -18,6 +18,7 @@ GROUPS = (
     "debug",
     "degradation",
     "guide",
+    "hparams_search",
     "logger",
     "refiner",
     "stage",

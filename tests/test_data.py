@@ -31,14 +31,17 @@ def _pairs(root: Path, names: list[str], *, size: tuple[int, int] = (40, 48), sc
 
 
 def test_embedded_split_is_fixed_and_disjoint() -> None:
-    train, val = EmbeddedPhotos(split="train"), EmbeddedPhotos(split="val")
-    train.scan()
-    val.scan(decode=True)
-    train_names = {train.name(i) for i in range(len(train))}
-    val_names = {val.name(i) for i in range(len(val))}
-    assert len(train) == len(EMBEDDED_SPLITS["train"]) and len(val) == len(EMBEDDED_SPLITS["val"])
-    assert not train_names & val_names
-    assert {"motorcycle_left", "motorcycle_right"} <= train_names  # the stereo pair stays on one side
+    sources = {split: EmbeddedPhotos(split=split) for split in ("train", "val", "test")}
+    names = {}
+    for split, source in sources.items():
+        source.scan(decode=split == "val")
+        assert len(source) == len(EMBEDDED_SPLITS[split]) >= 4
+        names[split] = {source.name(i) for i in range(len(source))}
+    # no photo in two splits: the validation photos pick the checkpoint, the test photos are reported
+    assert not names["train"] & names["val"] and not names["train"] & names["test"]
+    assert not names["val"] & names["test"]
+    assert {"motorcycle_left", "motorcycle_right"} <= names["train"]  # the stereo pair stays on one side
+    val = sources["val"]
     gt, lq = val.read(0)
     assert lq is None and gt.shape[0] == 3 and gt.min() >= 0.0 and gt.max() <= 1.0
 
@@ -181,8 +184,8 @@ def test_bad_regex_and_options_are_config_errors(tmp_path: Path) -> None:
         PairedFolders(lq_dir=".", gt_dir=".", key_regex="(")
     with pytest.raises(ConfigError, match="part='val'"):
         ImageFolder(root=".", part="val")
-    with pytest.raises(ConfigError, match="embedded split 'test'"):
-        EmbeddedPhotos(split="test")
+    with pytest.raises(ConfigError, match="embedded split 'holdout'"):
+        EmbeddedPhotos(split="holdout")
 
 
 # ---- datasets and samplers ---------------------------------------------------------------------
@@ -356,3 +359,29 @@ def test_preset_without_root_says_so(make_config) -> None:
         ConfigError, match=r"^missing config value datamodule.root: set it on the command line"
     ):
         run(make_config("datamodule=lol_v1"))
+
+
+def test_every_type_evaluates_each_image_under_each_all_in_one_type() -> None:
+    """``datamodule.eval_every_type``: image i under type t is item i·T + t, degraded by that type's op with
+    the image's own seed; each type's score then covers every image."""
+    from restoration.data.datasets import _generator
+    from restoration.data.degradations import AllInOne, LowLight
+
+    source = EmbeddedPhotos(split="test")
+    source.scan()
+    degradation = AllInOne(ops={"noise": GaussianNoise(sigma=25), "lowlight": LowLight()})
+    dataset = WholeImages(source, degradation=degradation, seed=3, crop=32, every_type=True)
+    assert len(dataset) == 2 * len(source)
+    items = [dataset[i] for i in range(len(dataset))]
+    assert [item["name"] for item in items[:4]] == [
+        "astronaut_noise",
+        "astronaut_lowlight",
+        "rocket_noise",
+        "rocket_lowlight",
+    ]
+    assert [item["type"] for item in items] == [0, 1] * len(source)
+    assert torch.equal(items[0]["gt"], items[1]["gt"])
+    expected = degradation.ops[1].apply(items[3]["gt"][None], _generator(3, 1))[0]
+    assert torch.equal(items[3]["lq"], expected)
+    with pytest.raises(DataError, match="every_type=true needs an all-in-one degradation"):
+        WholeImages(source, degradation=GaussianNoise(sigma=25), every_type=True)

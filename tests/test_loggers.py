@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from wandb.proto import wandb_internal_pb2 as pb
 
+from restoration.aggregate import aggregate
 from restoration.loggers import WANDB_ID_FILE, finish_loggers, sweep_label
 from restoration.run import run
 from restoration.visualize import log_images
@@ -217,3 +218,32 @@ def test_grids_of_different_sizes_log_as_one_panel_without_warning(
     files = sorted((offline.folder / "files" / "media" / "images" / "val").glob("*.png"))
     assert [Image.open(path).size for path in files] == [(50, 40), (50, 40)]
     assert offline.summary["val/images"]["captions"] == ["a", "b"]
+
+
+def test_aggregate_of_a_sweep_that_logged_to_wandb_goes_to_wandb_as_a_table(tmp_path: Path) -> None:
+    sweep = tmp_path / "logs" / "restore" / "multiruns" / "2030-01-01_00-00-00"
+    for number, (seed, psnr) in enumerate([(1, 20.0), (2, 22.0)]):
+        job = sweep / str(number)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "config.yaml").write_text(
+            "logger:\n  wandb:\n    project: studies\n    entity: null\n    offline: true\n"
+        )
+        results = {
+            "status": "finished",
+            "seed": seed,
+            "overrides": [f"seed={seed}"],
+            "test": {"test/psnr": psnr},
+        }
+        (job / "results.json").write_text(json.dumps(results))
+    aggregate(sweep, metrics=["test/psnr"])
+    (offline,) = read_offline_runs(sweep)
+    assert offline.run.project == "studies" and offline.run.job_type == "aggregate"
+    assert offline.run.run_group == "restore/multiruns/2030-01-01_00-00-00"
+    (row,) = offline.table("aggregate")
+    assert (row["group"], row["metric"], row["n"], row["mean"], row["std"]) == (
+        "all jobs",
+        "test/psnr",
+        2,
+        21.0,
+        pytest.approx(2**0.5),
+    )

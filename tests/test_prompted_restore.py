@@ -188,6 +188,25 @@ def test_stage_needs_a_prompter_and_a_known_mode(prompter_checkpoint: str) -> No
         )
 
 
+def test_zero_prompts_feed_the_same_network_without_the_prompter(
+    make_config, prompter_checkpoint: str
+) -> None:
+    """``stage.prompt_input=zeros``: the unprompted control with the same U-Net; the prompter never runs."""
+    stage = _stage(make_config(*_composed(prompter_checkpoint), "stage.prompt_input=zeros"))
+    with pytest.raises(ConfigError, match=r"stage\.prompt_input='none'; expected one of"):
+        PromptedRestoreStage(net=stage.net, guide=stage.guide, loss=L1Loss(), optimizer=torch.optim.AdamW,
+                             prompt_input="none")  # fmt: skip
+    stage.guide.prompt = None  # any use of the prompter would fail
+    degraded = torch.rand(2, 3, 32, 32)
+    zeros = [
+        torch.zeros(2, channels, 32 >> level, 32 >> level) for level, channels in ((1, 32), (2, 64), (3, 128))
+    ]
+    expected = stage.net(degraded, torch.zeros(2, 128), zeros)
+    assert torch.equal(stage.run_network(stage.net, degraded), expected)
+    stage.loss(stage.run_network(stage.net, degraded), degraded).backward()
+    assert all(param.grad is not None for param in stage.net.parameters())
+
+
 @pytest.mark.parametrize("backbone", ["constyle_cnn_tiny", "constyle_restormer_tiny", "constyle_maxim_tiny"])
 def test_experiment_composes_with_every_prompted_backbone(
     backbone: str, make_config, prompter_checkpoint

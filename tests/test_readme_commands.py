@@ -4,7 +4,9 @@ The commands of one README run in its order, in one fresh working directory, as 
 substitutions a CPU test machine needs, and nothing else:
 
 - ``trainer=smoke`` takes the place of the command's trainer (or is appended): GPU, DDP and cluster
-  settings (``trainer.*``) and step counts (``max_steps``, ``val_every``) are dropped with it;
+  settings (``trainer.*``, and ``hydra/launcher=slurm`` with its ``hydra.launcher.*``: the jobs of such a
+  sweep run here one after the other; tests/test_launchers.py checks its sbatch script) and step counts
+  (``max_steps``, ``val_every``, an Optuna study's ``hydra.sweeper.n_trials``, one here) are dropped with it;
 - dataset folders (``/data/...``, ``/x/...``) become small generated datasets in the documented layout
   under the working directory;
 - a file placeholder such as ``logs/<task>/runs/<stamp>/checkpoints/last.ckpt`` is the newest matching
@@ -16,6 +18,7 @@ substitutions a CPU test machine needs, and nothing else:
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import shlex
 from pathlib import Path
@@ -54,14 +57,22 @@ def documented_commands(path: Path) -> list[str]:
 
 
 def _long(command: str) -> bool:
-    """Whether the command trains a paper-size network that takes over 10 s with ``trainer=smoke``.
+    """Whether the command trains a paper-size network that takes over 10 s with ``trainer=smoke``, is a
+    sweep of more than two jobs (a study over seeds and variants), or goes through another launcher or an
+    Optuna study.
 
-    Those run in ``make test-experiments``; their experiments run as typed in tests/test_experiments.py.
+    Those run in ``make test-experiments``; their experiments run as typed in tests/test_experiments.py;
+    two-job sweeps and the aggregation in tests/test_run.py; the launchers and studies as typed in
+    tests/test_launchers.py and tests/test_hparams_search.py.
     """
     options = dict(arg.split("=", 1) for arg in shlex.split(command) if "=" in arg)
     experiment = options.get("experiment", "")
     tiny = options.get("backbone", "").endswith("_tiny")
-    return not tiny and (experiment in LONG or experiment.startswith("ptgrm_"))
+    jobs = math.prod(
+        len(value.split(",")) for value in options.values() if not value.startswith(("[", "'", '"'))
+    )
+    machinery = "hydra/launcher" in options or "hparams_search" in options
+    return machinery or jobs > 2 or (not tiny and (experiment in LONG or experiment.startswith("ptgrm_")))
 
 
 CASES = [
@@ -79,8 +90,11 @@ CASES = [
 
 def as_smoke(args: list[str]) -> list[str]:
     """The command with ``trainer=smoke`` (see the module docstring)."""
-    dropped = ("trainer=", "trainer.", "max_steps=", "val_every=")
-    return [*(arg for arg in args if not arg.startswith(dropped)), "trainer=smoke"]
+    dropped = ("trainer=", "trainer.", "max_steps=", "val_every=", "hydra.sweeper.n_trials=")
+    if "hydra/launcher=slurm" in args:
+        dropped = (*dropped, "hydra/launcher=", "hydra.launcher.")
+    trials = ["hydra.sweeper.n_trials=1"] if any(arg.startswith("hparams_search=") for arg in args) else []
+    return [*(arg for arg in args if not arg.startswith(dropped)), "trainer=smoke", *trials]
 
 
 def _make_dataset(path: Path, args: list[str]) -> None:

@@ -384,6 +384,12 @@ def test_default_sweep_goes_on_after_a_failing_job_and_exits_non_zero(tmp_path: 
     printed = capsys.readouterr()
     summary = [line for line in (printed.out + printed.err).splitlines() if "jobs failed" in line]
     assert len(summary) == 1 and "1 of 2 jobs failed: job 0 (datamodule.batch_size=-1)" in summary[0]
+    (sweep,) = (tmp_path / "logs" / "restore_embedded_denoise" / "multiruns").iterdir()
+    table = (sweep / "aggregate.md").read_text()
+    assert (
+        "| datamodule.batch_size=-1 | 0 | 1 |" in table
+        and "- job 0 (datamodule.batch_size=-1, seed 42): failed:" in table
+    )
 
 
 def test_cli_multirun_two_jobs(tmp_path: Path) -> None:
@@ -397,6 +403,14 @@ def test_cli_multirun_two_jobs(tmp_path: Path) -> None:
     assert all(job["status"] == "finished" for job in jobs)
     assert jobs[0]["val"] != jobs[1]["val"]
     assert "2 of 2 jobs finished" in result.stdout
+    # the two seeds form one group: n = 2, the mean of their test PSNRs, their parameter count
+    (sweep,) = (tmp_path / "logs" / "restore_embedded_denoise" / "multiruns").iterdir()
+    (row,) = [
+        line for line in (sweep / "aggregate.md").read_text().splitlines() if line.startswith("| all jobs")
+    ]
+    mean = (jobs[0]["test"]["test/psnr"] + jobs[1]["test"]["test/psnr"]) / 2
+    parameters = jobs[0]["parameters"]["trainable"]
+    assert row.startswith(f"| all jobs | 2 | 0 | {parameters:,} | {mean:.2f} ± ") and parameters > 0
 
 
 @pytest.mark.slow

@@ -1,32 +1,36 @@
-"""ConStyle v2 on the embedded photos: does the frozen prompter help a tiny NAFNet on the all-in-one mix?
+"""ConStyle v2 on the embedded photos: does the frozen prompter help a tiny prompted U-Net (all-in-one)?
 
 Fan, Zhang and Chang, "ConStyle v2: A Strong Prompter for All-in-One Image Restoration", arXiv 2406.18242
-(2024). Three runs through the real entry point, then one evaluation per degradation type:
+(2024). Two commands of the real entry point:
 
-1. pre-train the prompter on the embedded photos (``experiment=constyle_pretrain``, degradation-type pretext);
-2. train the prompted tiny NAFNet (``experiment=constyle_allinone backbone=constyle_nafnet_tiny``) under the
-   frozen prompter of step 1, and the plain tiny NAFNet (``experiment=origin_allinone backbone=nafnet_tiny``),
-   for the same number of steps on the same data stream;
-3. test the last checkpoint of each on the 4 validation photos once per degradation type (the all-in-one
-   mix restricted to that type with ``degradation.weights``, degraded with the fixed validation seed), so
-   every type is scored on every photo.
+1. pre-train the prompter on the embedded training photos (``experiment=constyle_pretrain``, degradation-type
+   pretext);
+2. one ``-m`` sweep of ``experiment=constyle_allinone backbone=constyle_nafnet_tiny`` over
+   ``stage.prompt_input=prompter,zeros`` and ``seed=1,2,3``: the prompted network under the frozen prompter
+   of step 1, and the same U-Net (same parameters, same recipe and data stream per seed) fed all-zero
+   prompts, the control that isolates what the prompts add. The validation photos pick each run's best
+   checkpoint; every run is tested on the 4 test photos under each of the 8 degradation types
+   (``datamodule.eval_every_type=true``, fixed degradation seed).
+
+The sweep ends with its aggregated table (``restoration.aggregate``); this script adds the per-type table
+(mean ± std over seeds, and the paired difference prompted − zeros with its 95 % interval) from the
+sweep's ``aggregate.csv``.
 
     python -m experiments.constyle_embedded.run                      # defaults below
-    python -m experiments.constyle_embedded.run --steps 500 --pretrain-steps 300
+    python -m experiments.constyle_embedded.run --steps 1000 --pretrain-steps 300 --seeds 1 2 3 4 5
 
-It prints every command it runs and a markdown table of PSNR / SSIM per type (see README.md). A run
-whose folder already holds a finished results.json is not repeated: an interrupted study picks up where
-it stopped.
+A sweep whose jobs all finished is reused, so an interrupted study picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from experiments.launch import run_experiment
+from experiments.launch import run_experiment, run_sweep
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -40,8 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=2000, help="training steps of each restoration network")
-    parser.add_argument("--pretrain-steps", type=int, default=1000, help="prompter pre-training steps")
+    parser.add_argument("--steps", type=int, default=500, help="training steps of each restoration network")
+    parser.add_argument("--pretrain-steps", type=int, default=300, help="prompter pre-training steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("logs/constyle_embedded"))
     args = parser.parse_args()
 
@@ -52,47 +57,53 @@ def main() -> None:
             "experiment=constyle_pretrain",
             *common,
             "datamodule.batch_size=16",
-            "stage.queue_size=1024",  # a multiple of the batch; 15 photos need no 65,760-entry queue
+            "stage.queue_size=1024",  # a multiple of the batch; 11 photos need no 65,760-entry queue
             f"max_steps={args.pretrain_steps}",
             f"val_every={args.pretrain_steps}",
             "test=false",
         ],
         pretrain,
     )
-    prompter = f"guide.checkpoint={pretrain / 'checkpoints' / 'last.ckpt'}"
-    models = {
-        "prompted (constyle_nafnet_tiny)": [
+    study = args.out / "study"
+    run_sweep(
+        [
             "experiment=constyle_allinone",
             "backbone=constyle_nafnet_tiny",
-            prompter,
+            f"guide.checkpoint={pretrain / 'checkpoints' / 'last.ckpt'}",
+            *common,
+            "datamodule.batch_size=8",
+            "datamodule.eval_every_type=true",
+            f"max_steps={args.steps}",
+            f"val_every={args.steps // 2}",
+            "stage.prompt_input=prompter,zeros",
+            f"seed={','.join(map(str, args.seeds))}",
+            'aggregate.baseline="stage.prompt_input=zeros"',
         ],
-        "origin (nafnet_tiny)": ["experiment=origin_allinone", "backbone=nafnet_tiny"],
-    }
-    training = [*common, "datamodule.batch_size=8", f"max_steps={args.steps}", f"val_every={args.steps}"]
+        study,
+    )
+    with (study / "aggregate.csv").open() as handle:
+        rows = {(row["group"], row["metric"]): row for row in csv.DictReader(handle)}
+    prompted, zeros = "stage.prompt_input=prompter", "stage.prompt_input=zeros"
     types = _degradation_types()
-    scores: dict[str, dict[str, tuple[float, float]]] = {}
-    for model, overrides in models.items():
-        run_dir = args.out / model.split()[0]
-        run_experiment([*overrides, *training, "test=false"], run_dir)
-        checkpoint = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
-        scores[model] = {}
-        for index, name in enumerate(types):
-            weights = ",".join("1" if i == index else "0" for i in range(len(types)))
-            results = run_experiment(
-                [*overrides, *common, "train=false", checkpoint, f"degradation.weights=[{weights}]"],
-                run_dir / "per_type" / name,
-            )
-            scores[model][name] = (results["test"]["test/psnr"], results["test"]["test/ssim"])
-            degraded = (results["test"]["test/degraded/psnr"], results["test"]["test/degraded/ssim"])
-            scores.setdefault("degraded input", {})[name] = degraded
 
-    print(f"\n| PSNR / SSIM, 4 photos | {' | '.join(types)} | mean |")
-    print(f"|---|{'---|' * (len(types) + 1)}")
-    for model in ("degraded input", *models):
-        cells = [f"{scores[model][name][0]:.2f} / {scores[model][name][1]:.4f}" for name in types]
-        mean_psnr = sum(scores[model][name][0] for name in types) / len(types)
-        mean_ssim = sum(scores[model][name][1] for name in types) / len(types)
-        print(f"| {model} | {' | '.join(cells)} | {mean_psnr:.2f} / {mean_ssim:.4f} |")
+    def cell(group: str, metric: str) -> str:
+        row = rows[group, metric]
+        return f"{float(row['mean']):.2f} ± {float(row['std']):.2f}"
+
+    print((study / "aggregate.md").read_text())
+    degraded = float(rows[zeros, "test/degraded/psnr"]["mean"])
+    print(f"PSNR per type, mean ± std over {len(args.seeds)} seeds, 4 test photos per type")
+    print(f"(the degraded inputs, all types: {degraded:.2f} dB)")
+    print(f"| | {' | '.join(types)} |")
+    print(f"|---|{'---|' * len(types)}")
+    print(f"| zero prompts (control) | {' | '.join(cell(zeros, f'test/{name}/psnr') for name in types)} |")
+    print(f"| prompted | {' | '.join(cell(prompted, f'test/{name}/psnr') for name in types)} |")
+    differences = []
+    for name in types:
+        row = rows[prompted, f"test/{name}/psnr"]
+        low, high = float(row["diff_ci_low"]), float(row["diff_ci_high"])
+        differences.append(f"{float(row['diff_mean']):+.2f} [{low:.2f}, {high:.2f}]")
+    print(f"| Δ prompted − zeros [95 % CI] | {' | '.join(differences)} |")
 
 
 if __name__ == "__main__":

@@ -6,18 +6,19 @@ Gaussian denoising σ ∈ [0, 50] with Restormer), all through the real entry po
 
 1. a prior: a ConStyle v2 prompter pre-trained on the embedded photos (``experiment=constyle_pretrain``,
    the all-in-one types as its pretext classes), the offline stand-in for CLIP (the paper's "-r" variant);
-2. for each degradation, three runs of equal steps on the same data stream:
-   - ``target only``: ``experiment=ptgrm_<task>_baseline``;
-   - ``+ PTG-RM (prior)``: ``experiment=ptgrm_<task> guide=prior``;
-   - ``+ wide plain``: the same with ``refiner.wide_plain=true`` (Table 3's control: no SVE/CSA, 4× width,
-     no use of the features);
-3. the best checkpoint of each tested on the 4 validation photos.
+2. for each degradation, one ``-m`` sweep over ``refiner=none,ptgrm,wide_plain`` and ``seed=1,2,3`` of
+   ``experiment=ptgrm_<task> guide=prior``, equal steps on the same data stream per seed:
+   - ``refiner=none``: the target network alone (the control);
+   - ``refiner=ptgrm``: + PTG-RM under the prior's features;
+   - ``refiner=wide_plain``: + the same-size plain module of Table 3 (no SVE/CSA, 4× width, no features);
+3. the sweep's aggregated table (``restoration.aggregate``): per variant, mean ± std and 95 % interval over
+   the seeds of the test PSNR/SSIM on the 4 embedded test photos (the 4 validation photos pick each run's
+   best checkpoint), and the paired difference to the target alone.
 
     python -m experiments.ptgrm_embedded.run                   # defaults below
-    python -m experiments.ptgrm_embedded.run --steps 300 --pretrain-steps 150
+    python -m experiments.ptgrm_embedded.run --steps 600 --crop 96 --seeds 1 2 3 4 5
 
-It prints every command and a markdown table (see README.md). A run whose folder already holds a finished
-results.json is reused, so an interrupted study picks up where it stopped.
+It prints every command and the two tables (see README.md). A sweep whose jobs all finished is reused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.launch import run_experiment
+from experiments.launch import run_experiment, run_sweep
 
 TASKS = {"lowlight": "snr_aware_tiny", "denoise": "restormer_tiny"}
 
@@ -34,8 +35,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=600, help="training steps of each run")
-    parser.add_argument("--pretrain-steps", type=int, default=300, help="prior (prompter) pre-training steps")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of each run")
+    parser.add_argument("--crop", type=int, default=64, help="training crop size")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--pretrain-steps", type=int, default=200, help="prior (prompter) pre-training steps")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--out", type=Path, default=Path("logs/ptgrm_embedded"))
     args = parser.parse_args()
 
@@ -55,39 +59,31 @@ def main() -> None:
         ],
         prior_dir,
     )
-    prior = ["guide=prior", f"guide.checkpoint={prior_dir / 'checkpoints' / 'last.ckpt'}"]
-    rows: dict[str, dict[str, dict[str, float]]] = {}
-    for task, target in TASKS.items():
-        shared = [
-            f"backbone={target}",
-            "trainer=cpu",
-            f"max_steps={args.steps}",
-            f"val_every={args.steps // 2}",
-            "datamodule.crop_size=96",
-            "datamodule.batch_size=4",
-            "stage.optimizer.lr=5e-4",
-        ]
-        variants = {
-            "target only": [f"experiment=ptgrm_{task}_baseline"],
-            "+ PTG-RM (prior)": [f"experiment=ptgrm_{task}", *prior],
-            "+ wide plain": [f"experiment=ptgrm_{task}", *prior, "refiner.wide_plain=true"],
-        }
-        for label, overrides in variants.items():
-            name = label.strip("+ ").split()[0].replace("-", "")
-            results = run_experiment([*overrides, *shared], args.out / task / name)
-            rows.setdefault(task, {})[label] = results["test"]
-
-    keys = ("psnr", "ssim")
-    print("\n| task | model | PSNR | SSIM | target's PSNR |")
-    print("|---|---|---|---|---|")
-    for task, models in rows.items():
-        degraded = next(iter(models.values()))
-        cells = " | ".join(f"{degraded[f'test/degraded/{key}']:.4g}" for key in keys)
-        print(f"| {task} | degraded input | {cells} | |")
-        for label, test in models.items():
-            cells = " | ".join(f"{test[f'test/{key}']:.4g}" for key in keys)
-            target_psnr = test.get("test/target/psnr")
-            print(f"| {task} | {label} | {cells} | {'' if target_psnr is None else f'{target_psnr:.2f}'} |")
+    tables = {}
+    for task in args.tasks:
+        jobs = run_sweep(
+            [
+                f"experiment=ptgrm_{task}",
+                f"backbone={TASKS[task]}",
+                "guide=prior",
+                f"guide.checkpoint={prior_dir / 'checkpoints' / 'last.ckpt'}",
+                "trainer=cpu",
+                f"max_steps={args.steps}",
+                f"val_every={args.steps // 2}",
+                f"datamodule.crop_size={args.crop}",
+                "datamodule.batch_size=4",
+                "stage.optimizer.lr=5e-4",
+                "refiner=none,ptgrm,wide_plain",
+                f"seed={','.join(map(str, args.seeds))}",
+                'aggregate.baseline="refiner=none"',
+                "aggregate.metrics=[test/psnr,test/ssim,test/target/psnr]",
+            ],
+            args.out / task,
+        )
+        psnr, ssim = (jobs[0]["test"][f"test/degraded/{key}"] for key in ("psnr", "ssim"))
+        table = (args.out / task / "aggregate.md").read_text()
+        tables[task] = f"{task}: the degraded input has {psnr:.2f} dB / {ssim:.4f}\n{table}"
+    print("\n" + "\n".join(tables.values()))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ class RestorationDataModule(pl.LightningDataModule):
         pin_memory: pin loader memory; ``None`` pins when CUDA is available.
         eval_crop: validate and test on the centre ``eval_crop`` GT pixels of each image (``None``:
             whole images, the default; ``trainer=smoke`` sets it for a quick end-to-end check).
+        eval_every_type: with an all-in-one degradation, validate and test every image under every type
+            (``<split>/<type>/psnr`` then covers all images) rather than under one drawn type each.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class RestorationDataModule(pl.LightningDataModule):
         val_seed: int = 1,
         pin_memory: bool | None = None,
         eval_crop: int | None = None,
+        eval_every_type: bool = False,
     ) -> None:
         super().__init__()
         if crop_size < 1 or batch_size < 1 or num_workers < 0:
@@ -114,6 +117,7 @@ class RestorationDataModule(pl.LightningDataModule):
         self.val_seed = val_seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.eval_crop = eval_crop
+        self.eval_every_type = eval_every_type
         self.datasets: dict[str, Dataset] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._warned_unused_degradation = False
@@ -148,7 +152,13 @@ class RestorationDataModule(pl.LightningDataModule):
         self._prepare(source, split)
         if split == "train":
             return self._train_crops(source, seed=self.seed)
-        return WholeImages(source, degradation=self.degradation, seed=self.val_seed, crop=self.eval_crop)
+        return WholeImages(
+            source,
+            degradation=self.degradation,
+            seed=self.val_seed,
+            crop=self.eval_crop,
+            every_type=self.eval_every_type,
+        )
 
     def _prepare(self, source: ImageSource, split: str, task: str | None = None) -> None:
         """Scan ``source`` (once), warn when a configured degradation goes unused, log the split's size."""

@@ -201,6 +201,9 @@ class WholeImages(Dataset):
         crop: evaluate the centre ``crop``×``crop`` GT pixels of each image (``None``: whole images);
             paired LQ images are cropped at the matching place. A quick check (``trainer=smoke``),
             not a benchmark protocol.
+        every_type: with an all-in-one degradation (one that has ``ops`` and ``names``), evaluate every
+            image under every type (``len(source) × len(names)`` items named ``<image>_<type>``) instead of
+            under the one type its seed draws, so that each type's score covers every image.
     """
 
     def __init__(
@@ -210,6 +213,7 @@ class WholeImages(Dataset):
         degradation: Degradation | None,
         seed: int = 1,
         crop: int | None = None,
+        every_type: bool = False,
     ) -> None:
         if not source.paired and degradation is None:
             raise DataError(f"{source.description} holds clean images but no degradation is configured")
@@ -219,11 +223,20 @@ class WholeImages(Dataset):
         self.degradation = degradation
         self.seed = seed
         self.crop = crop
+        names = getattr(degradation, "names", None) if every_type and not source.paired else None
+        if every_type and not source.paired and not (names and hasattr(degradation, "ops")):
+            raise DataError(
+                f"evaluation every_type=true needs an all-in-one degradation (with ops and names); "
+                f"got {type(degradation).__name__}"
+            )
+        self.types: tuple[str, ...] = tuple(names or ())
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.source) * max(len(self.types), 1)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
+        if self.types:
+            return self._typed_item(index)
         gt, lq = self.source.read(index)
         degradation_type = 0
         if lq is not None and self.crop is not None:
@@ -243,6 +256,24 @@ class WholeImages(Dataset):
             "name": self.source.name(index),
             "label": self.source.label(index),
             "type": degradation_type,
+        }
+
+    def _typed_item(self, index: int) -> dict[str, torch.Tensor | int | str]:
+        """Item ``index`` of ``every_type``: image ``index // T`` under type ``index % T``; the image's
+        seed is the same for all its types, so only the type differs between them."""
+        image, type_id = divmod(index, len(self.types))
+        gt, _ = self.source.read(image)
+        op = self.degradation.ops[type_id]  # type: ignore[union-attr]
+        if self.crop is not None:
+            gt = _centre_crop(gt, self.crop - self.crop % op.scale or op.scale)
+        gt = gt[:, : gt.shape[1] - gt.shape[1] % op.scale, : gt.shape[2] - gt.shape[2] % op.scale]
+        return {
+            "lq": op.apply(gt[None], _generator(self.seed, image))[0],
+            "gt": gt,
+            "index": index,
+            "name": f"{self.source.name(image)}_{self.types[type_id]}",
+            "label": self.source.label(image),
+            "type": type_id,
         }
 
 

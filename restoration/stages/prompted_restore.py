@@ -29,6 +29,7 @@ from restoration.stages.base import RestorationStage
 __all__ = ["PromptedRestoreStage"]
 
 _PROMPTER_MODES = ("frozen", "official")
+_PROMPT_INPUTS = ("prompter", "zeros")
 
 
 class PromptedRestoreStage(RestorationStage):
@@ -43,12 +44,21 @@ class PromptedRestoreStage(RestorationStage):
             the official code's prompter left in train mode. Its running statistics are still not
             updated (the official ones are, but its EMA network then tests with BatchNorm buffers at
             their initial values, a mismatch not reproduced here), and validation uses them in both modes.
+        prompt_input: ``"prompter"`` (the method); ``"zeros"``: the same network fed an all-zero latent and
+            all-zero prompt maps, i.e. the same U-Net and parameters without the prompter's information, the
+            control that isolates what the prompts add (the prompter is then not run).
         **base: the shared options of :class:`~restoration.stages.base.RestorationStage`
             (network, optimizer, scheduler, EMA, validation).
     """
 
     def __init__(
-        self, *, guide: nn.Module | None = None, loss: nn.Module, prompter_mode: str = "frozen", **base: Any
+        self,
+        *,
+        guide: nn.Module | None = None,
+        loss: nn.Module,
+        prompter_mode: str = "frozen",
+        prompt_input: str = "prompter",
+        **base: Any,
     ) -> None:
         if guide is None or not callable(getattr(guide, "prompt", None)):
             found = "none" if guide is None else type(guide).__name__
@@ -58,13 +68,18 @@ class PromptedRestoreStage(RestorationStage):
             )
         if prompter_mode not in _PROMPTER_MODES:
             raise ConfigError(f"stage.prompter_mode={prompter_mode!r}; expected one of {_PROMPTER_MODES}")
+        if prompt_input not in _PROMPT_INPUTS:
+            raise ConfigError(f"stage.prompt_input={prompt_input!r}; expected one of {_PROMPT_INPUTS}")
         super().__init__(**base)
         self.guide = guide.eval().requires_grad_(False)
         self.loss = loss
         self.prompter_mode = prompter_mode
+        self.prompt_input = prompt_input
 
     def prompts(self, degraded: torch.Tensor, *, training: bool = False) -> PrompterOutput:
         """The prompter's q1 and prompt maps for ``degraded`` (batch statistics in official training)."""
+        if self.prompt_input == "zeros":
+            return self._zero_prompts(degraded)
         if training and self.prompter_mode == "official":
             if degraded.shape[0] < 2:
                 raise ConfigError(
@@ -74,6 +89,16 @@ class PromptedRestoreStage(RestorationStage):
             with _batch_statistics(self.guide):
                 return self.guide.prompt(degraded)
         return self.guide.prompt(degraded)
+
+    def _zero_prompts(self, degraded: torch.Tensor) -> PrompterOutput:
+        """All-zero q1 and prompt maps of the shapes the network takes (H/2, H/4, H/8)."""
+        count, _, height, width = degraded.shape
+        prompts = tuple(
+            degraded.new_zeros(count, channels, height >> level, width >> level)
+            for level, channels in enumerate(self.net.prompt_channels, start=1)
+        )
+        latent = degraded.new_zeros(count, self.net.latent_dim)
+        return PrompterOutput(q0=latent, q1=latent, prompts=prompts, logits=None)
 
     def run_network(self, net: nn.Module, degraded: torch.Tensor) -> torch.Tensor:
         # Whole images are padded (and tiled) before this, so the prompts match the network's input.

@@ -50,11 +50,12 @@ class TargetAndRefiner(nn.Module):
 
     Args:
         target: the target restoration network F, ``degraded -> target_out`` (unclamped).
-        refiner: PTG-RM, ``(target_out, degraded, osf) -> refined``.
+        refiner: PTG-RM, ``(target_out, degraded, osf) -> refined``; ``None``: the target alone
+            (``refined`` is ``target_out``), the control of a ``refiner=`` sweep.
         freeze_target: keep the target in eval mode without gradients (``train()`` does not change it).
     """
 
-    def __init__(self, *, target: nn.Module, refiner: nn.Module, freeze_target: bool = False) -> None:
+    def __init__(self, *, target: nn.Module, refiner: nn.Module | None, freeze_target: bool = False) -> None:
         super().__init__()
         self.target = target
         self.refiner = refiner
@@ -70,8 +71,10 @@ class TargetAndRefiner(nn.Module):
             self.target.eval()
         return self
 
-    def forward(self, degraded: torch.Tensor, osf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, degraded: torch.Tensor, osf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         target_out = self.target(degraded)
+        if self.refiner is None:
+            return target_out, target_out
         return self.refiner(target_out, degraded, osf), target_out
 
 
@@ -82,7 +85,9 @@ class PTGRMStage(RestorationStage):
         net: the target network F (the ``backbone`` group; ``backbone_weights.path=`` initialises it).
         guide: the frozen pre-trained model G (the ``guide`` group), ``images -> N×guide.dim`` features.
         refiner: PTG-RM (the ``refiner`` group): a module, or a ``_partial_`` factory whose ``osf_dim``
-            is filled in with ``guide.dim`` when left ``None``.
+            is filled in with ``guide.dim`` when left ``None``. ``None`` (``refiner=none``, an empty
+            option) trains the target alone with the same loss, data and steps: the control row of a
+            sweep such as ``refiner=none,ptgrm,wide_plain`` (the guide is then not run).
         loss: the pixel loss ``(restored, target) -> scalar`` of L (official SID: Charbonnier, sum).
         train_target: ``"joint"`` trains F together with R (the paper); ``"frozen"`` keeps F fixed in
             eval mode and trains R alone.
@@ -116,13 +121,21 @@ class PTGRMStage(RestorationStage):
     ) -> None:
         if guide is None:
             raise ConfigError("stage=ptgrm needs a pre-trained guide: set guide=clip (or another option)")
-        if refiner is None:
-            raise ConfigError("stage=ptgrm needs the refinement module: set refiner=ptgrm")
         if train_target not in ("joint", "frozen"):
             raise ConfigError(f"stage.train_target={train_target!r}; expected 'joint' or 'frozen'")
         if perceptual_weight < 0:
             raise ConfigError(f"stage.perceptual_weight={perceptual_weight}; expected >= 0 (0 turns it off)")
-        refiner = _build_refiner(refiner, osf_dim=guide.dim)
+        if refiner is None and train_target == "frozen":
+            raise ConfigError(
+                "refiner=none with stage.train_target=frozen leaves nothing to train; set refiner=ptgrm"
+            )
+        if refiner is None:
+            log.info(
+                "ptgrm: refiner=none, the target network alone under this stage's loss; the guide is unused"
+            )
+            self.scored_outputs = ()
+        else:
+            refiner = _build_refiner(refiner, osf_dim=guide.dim)
         combined = TargetAndRefiner(target=net, refiner=refiner, freeze_target=train_target == "frozen")
         super().__init__(net=combined, **base)
         self.guide = guide.requires_grad_(False).eval()
@@ -151,6 +164,9 @@ class PTGRMStage(RestorationStage):
         self, degraded: torch.Tensor, clean: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training loss L(target_out, GT) + λ1·L(refined, GT), and its two terms."""
+        if self.net.refiner is None:
+            loss_target = self.criterion(self.net.target(degraded), clean)
+            return loss_target, loss_target, torch.zeros_like(loss_target)
         osf = self.guide(degraded)
         refined, target_out = self.net(degraded, osf)
         # With a frozen target this term is a constant (no gradient), kept so the logged loss means the same.
@@ -169,7 +185,7 @@ class PTGRMStage(RestorationStage):
     def restore_for_evaluation(self, degraded: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The refined images and the target's output; the guide sees each whole unpadded image."""
         net = self.eval_net
-        osf = self.guide(degraded)
+        osf = self.guide(degraded) if self.net.refiner is not None else degraded.new_zeros(len(degraded), 1)
 
         def forward(images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
             stop_point()  # before each image or batch of tiles, a requested stop is taken here
@@ -193,7 +209,7 @@ class PTGRMStage(RestorationStage):
                 ]
             )
         refined, target_out = both.split(3, dim=1)
-        return refined, {"target": target_out}
+        return refined, {"target": target_out} if self.scored_outputs else {}
 
     def restore(self, degraded: torch.Tensor) -> torch.Tensor:
         return self.restore_for_evaluation(degraded)[0]
