@@ -24,7 +24,7 @@ demo: $(STAMP) ## the PTG-RM main job offline on the CPU: prior, PTG-RM vs targe
 	$(CPU_ENV) $(BIN)/python -m experiments.demo
 
 test: $(STAMP) ## run the test suite (CPU only, no network; the paper-size experiments are in test-experiments)
-	$(CPU_ENV) $(BIN)/python -m pytest -m "not paper"
+	$(CPU_ENV) $(BIN)/python -m pytest -m "not paper" --durations=15
 
 test-fast: $(STAMP) ## the suite without the tests marked slow
 	$(CPU_ENV) $(BIN)/python -m pytest -m "not slow and not paper"

@@ -32,15 +32,19 @@ def run_sweep(overrides: list[str], sweep_dir: Path) -> list[dict]:
     """Run a ``-m`` sweep of the entry point into ``sweep_dir``; return its jobs' ``results.json``.
 
     The sweep ends with its aggregated table (``aggregate.md`` / ``aggregate.csv`` in ``sweep_dir``, see
-    ``restoration.aggregate``). A folder whose jobs all finished is not run again. A failed job ends the
-    script with the sweep's log folder.
+    ``restoration.aggregate``). A folder whose jobs all finished is not run again. What the command prints
+    goes to ``sweep_dir/sweep.log``; a failure ends the script with its path.
     """
     command = [sys.executable, "-m", "restoration.run", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     print("$ python -m restoration.run -m " + " ".join(command[4:]), flush=True)
     if (sweep_dir / "aggregate.md").is_file() and _all_finished(sweep_dir):
         print("  (already done: reusing its results)", flush=True)
-    elif subprocess.call(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
-        raise SystemExit(f"a job failed; see {sweep_dir}/aggregate.md and the jobs' run.log")
+    else:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with (sweep_dir / "sweep.log").open("w") as output:
+            status = subprocess.call(command, stdout=output, stderr=subprocess.STDOUT)
+        if status != 0:
+            raise SystemExit(f"the sweep failed; see {sweep_dir / 'sweep.log'} and the jobs' run.log")
     return [json.loads((folder / "results.json").read_text()) for folder in _job_folders(sweep_dir)]
 
 

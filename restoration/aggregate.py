@@ -198,6 +198,7 @@ def summarize(
                     ]
                 )
                 for name in names
+                if reference.stats[name].n > 0  # a metric the baseline lacks (target/psnr) has no difference
             }
     return list(groups.values())
 
@@ -239,8 +240,8 @@ def _stat_cell(stat: Stat, metric: str) -> str:
 
 
 def _difference_cell(stat: Stat | None, metric: str) -> str:
-    if stat is None:
-        return "baseline"
+    if stat is None:  # the baseline has no such metric
+        return "–"
     if stat.n == 0:
         return "no paired seeds"
     sign = "+" if stat.mean >= 0 else ""
@@ -275,7 +276,7 @@ def markdown(groups: Sequence[GroupSummary], metrics: Sequence[str], *, title: s
             row.append(_stat_cell(group.stats.get(metric, Stat.of([])), metric))
             if with_baseline:
                 row.append(
-                    _difference_cell(None if group.baseline else group.differences.get(metric), metric)
+                    "baseline" if group.baseline else _difference_cell(group.differences.get(metric), metric)
                 )
         lines.append("| " + " | ".join(row) + " |")
     failed = [(group, job) for group in groups for job in group.failed]

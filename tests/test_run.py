@@ -176,14 +176,15 @@ def test_test_only_rebuilds_the_network_of_the_checkpoint(make_config) -> None:
     )  # fmt: skip
     trained_dir = Path(trained.paths.output_dir)
     run(trained)
-    ckpt = trained_dir / "checkpoints" / "last.ckpt"
+    ckpt = _results(trained_dir)["best"]["checkpoint"]
     # the experiment's default backbone is the U-Net; the checkpoint says NAFNet, and that is what is tested
     evaluated = make_config(
         "experiment=restore_embedded_denoise", "trainer=smoke", "train=false", f"ckpt_path={ckpt}"
     )
     run(evaluated)
     results = _results(Path(evaluated.paths.output_dir))
-    assert results["test"]["test/psnr"] == pytest.approx(_results(trained_dir)["val"]["val/psnr"])
+    # the training run tested the same (best) checkpoint on the same test image
+    assert results["test"]["test/psnr"] == pytest.approx(_results(trained_dir)["test"]["test/psnr"])
 
 
 def test_a_run_that_fails_before_training_still_writes_results(make_config) -> None:
@@ -273,15 +274,15 @@ def test_test_only_from_a_checkpoint(make_config) -> None:
     trained = make_config("experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, run_name="trained")
     trained_dir = Path(trained.paths.output_dir)
     run(trained)
-    ckpt = trained_dir / "checkpoints" / "last.ckpt"
+    ckpt = _results(trained_dir)["best"]["checkpoint"]
     evaluated = make_config(
         "experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, "train=false", f"ckpt_path={ckpt}"
     )
     run(evaluated)
     results = _results(Path(evaluated.paths.output_dir))
     assert "val" not in results and results["tested_checkpoint"] == str(ckpt)
-    # The last checkpoint is the final step's, which the run validated: the same two images, same numbers.
-    assert results["test"]["test/psnr"] == pytest.approx(_results(trained_dir)["val"]["val/psnr"])
+    # The training run tested its best checkpoint on the test split: the same image, the same numbers.
+    assert results["test"]["test/psnr"] == pytest.approx(_results(trained_dir)["test"]["test/psnr"])
 
 
 def test_predict_restores_a_folder_with_the_checkpoint(make_config, tmp_path: Path) -> None:
