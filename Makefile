@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create or update .venv (editable install with the dev extras)
 
-demo: $(STAMP) ## the PTG-RM main job offline on the CPU: prior, PTG-RM vs target alone, table and grid
+demo: $(STAMP) ## the PTG-RM main job offline on the CPU: prior, then target alone vs + PTG-RM vs + wide plain over 3 seeds, table and grid
 	$(CPU_ENV) $(BIN)/python -m experiments.demo
 
 test: $(STAMP) ## run the test suite (CPU only, no network; the paper-size experiments are in test-experiments)

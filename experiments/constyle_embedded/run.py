@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=500, help="training steps of each restoration network")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of each restoration network")
     parser.add_argument("--pretrain-steps", type=int, default=300, help="prompter pre-training steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=Path("logs/constyle_embedded"))
