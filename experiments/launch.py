@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from restoration.aggregate import read_jobs
+
 __all__ = ["run_experiment", "run_sweep"]
 
 
@@ -37,7 +39,8 @@ def run_sweep(overrides: list[str], sweep_dir: Path) -> list[dict]:
     """
     command = [sys.executable, "-m", "restoration.run", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     print("$ python -m restoration.run -m " + " ".join(command[4:]), flush=True)
-    if (sweep_dir / "aggregate.md").is_file() and _all_finished(sweep_dir):
+    jobs = read_jobs(sweep_dir) if sweep_dir.is_dir() else []
+    if (sweep_dir / "aggregate.md").is_file() and jobs and all(job.finished for job in jobs):
         print("  (already done: reusing its results)", flush=True)
     else:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -45,14 +48,5 @@ def run_sweep(overrides: list[str], sweep_dir: Path) -> list[dict]:
             status = subprocess.call(command, stdout=output, stderr=subprocess.STDOUT)
         if status != 0:
             raise SystemExit(f"the sweep failed; see {sweep_dir / 'sweep.log'} and the jobs' run.log")
-    return [json.loads((folder / "results.json").read_text()) for folder in _job_folders(sweep_dir)]
-
-
-def _job_folders(sweep_dir: Path) -> list[Path]:
-    folders = [path for path in sweep_dir.iterdir() if path.is_dir() and path.name.isdigit()]
-    return sorted(folders, key=lambda path: int(path.name))
-
-
-def _all_finished(sweep_dir: Path) -> bool:
-    results = [folder / "results.json" for folder in _job_folders(sweep_dir)]
-    return all(path.is_file() and json.loads(path.read_text())["status"] == "finished" for path in results)
+        jobs = read_jobs(sweep_dir)
+    return [json.loads((job.folder / "results.json").read_text()) for job in jobs]
