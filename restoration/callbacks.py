@@ -132,16 +132,25 @@ class RNGState(Callback):
 
 
 class ConfigInCheckpoint(Callback):
-    """Store the run's resolved config (key ``"config"``) and its config-group choices (``"choices"``,
-    e.g. ``{"backbone": "nafnet_tiny"}``) in every checkpoint: they say how it was made, and
-    ``ckpt_path=last`` and ``train=false`` read them (restoration/checkpoints.py)."""
+    """Store the run's resolved config (key ``"config"``), its config-group choices (``"choices"``,
+    e.g. ``{"backbone": "nafnet_tiny"}``) and the identity of its frozen towers (``"frozen_towers"``, from
+    :func:`~restoration.checkpoints.frozen_tower_identity`) in every checkpoint: they say how it was made,
+    and ``ckpt_path=last``, ``train=false`` and resuming read them (restoration/checkpoints.py)."""
 
-    def __init__(self, config: dict[str, Any], choices: dict[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        choices: dict[str, str | None] | None = None,
+        frozen_towers: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.choices = dict(choices or {})
+        self.frozen_towers = frozen_towers
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["config"] = self.config
         checkpoint["choices"] = self.choices
+        if self.frozen_towers is not None:
+            checkpoint["frozen_towers"] = self.frozen_towers

@@ -10,11 +10,17 @@ choices (``"choices"``, e.g. ``backbone: nafnet_tiny``), written by
 - a file that is not a checkpoint, a checkpoint of another network, or one whose weights miss or add
   keys is refused with one line naming the file and the difference, before Lightning loads it;
 - ``train=false`` builds the network from the checkpoint's own config unless the command line chose one
-  (``restoration.run``).
+  (``restoration.run``);
+- the frozen towers a stage builds from its config (a guide, a distillation teacher, the VGG19 of a
+  perceptual loss; the stage's ``frozen_towers``) are left out of the checkpoint, so it records their
+  identity instead (``"frozen_towers"``: class, config node and a SHA-256 of the weights,
+  :func:`frozen_tower_identity`), and resuming or testing with other tower weights is refused in one line
+  naming both, unless ``accept_tower_change=true`` (:func:`check_frozen_towers`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import zipfile
@@ -24,13 +30,16 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from restoration.errors import ConfigError
 
 __all__ = [
     "NETWORK_KEYS",
+    "check_frozen_towers",
     "check_state_dict",
     "describe_mismatch",
+    "frozen_tower_identity",
     "load_checkpoint_header",
     "network_config",
     "network_difference",
@@ -137,6 +146,114 @@ def check_state_dict(path: str | Path, saved: Mapping[str, Any], expected: Mappi
             more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
             parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
     raise ConfigError(f"ckpt_path={path}: its weights do not fit this network ({'; '.join(parts)})")
+
+
+def _weights_sha256(module: nn.Module) -> str:
+    """SHA-256 over the module's state dict in key order: each entry's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        if not isinstance(value, torch.Tensor):
+            digest.update(f"{name}|{value!r}|".encode())
+            continue
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _tower_config(config: Mapping[str, Any] | DictConfig | None, tower: str) -> dict[str, Any] | None:
+    """The config node a tower is built from: the top-level group (``guide``) or ``stage.<tower>``."""
+    if config is None:
+        return None
+    stage = config.get("stage")
+    for node in (config.get(tower), stage.get(tower) if isinstance(stage, Mapping | DictConfig) else None):
+        if OmegaConf.is_config(node):
+            node = OmegaConf.to_container(node, resolve=True)
+        if isinstance(node, Mapping):
+            return dict(node)
+    return None
+
+
+def frozen_tower_identity(
+    stage: nn.Module, config: Mapping[str, Any] | DictConfig | None = None
+) -> dict[str, dict[str, Any]]:
+    """What each frozen tower of ``stage`` is: ``{tower: {"class", "config", "sha256"}}``.
+
+    The towers are the attributes named in the stage's ``frozen_towers`` that hold a module; ``class`` is
+    its import path, ``config`` the node of ``config`` it was built from (``guide``, or ``stage.<tower>``;
+    ``None`` when there is none) and ``sha256`` the digest of its weights (0.3 s for the 88M parameters of
+    CLIP ViT-B/32's image tower on one CPU core). Computed once per run, on the towers as built.
+    """
+    identity = {}
+    for tower in getattr(stage, "frozen_towers", ()):
+        module = getattr(stage, tower, None)
+        if isinstance(module, nn.Module):
+            identity[tower] = {
+                "class": f"{type(module).__module__}.{type(module).__qualname__}",
+                "config": _tower_config(config, tower),
+                "sha256": _weights_sha256(module),
+            }
+    return identity
+
+
+def _describe_tower(record: Mapping[str, Any]) -> str:
+    """``ClipGuide (model=ViT-B-32, pretrained=openai; weights 1a2b3c4d5e6f)``: class, its config's names and
+    paths, and the start of the weights' digest."""
+    config = record.get("config") or {}
+    names = [
+        f"{key}={value}" for key, value in config.items() if key != "_target_" and isinstance(value, str)
+    ]
+    details = [", ".join(names)] if names else []
+    details.append(f"weights {str(record.get('sha256'))[:12]}")
+    return f"{str(record.get('class')).rsplit('.', 1)[-1]} ({'; '.join(details)})"
+
+
+def check_frozen_towers(
+    path: str | Path,
+    checkpoint: Mapping[str, Any],
+    current: nn.Module | Mapping[str, Any],
+    *,
+    accept: bool = False,
+) -> None:
+    """Refuse, in one line naming both, a checkpoint whose frozen towers had other weights than today's.
+
+    Args:
+        path: the checkpoint's path, for the message.
+        checkpoint: its content (:func:`load_checkpoint_header`).
+        current: the stage about to load it, or its :func:`frozen_tower_identity` record.
+        accept: log the change instead of refusing it (``accept_tower_change=true``).
+
+    A checkpoint written before towers were recorded loads with a warning that nothing could be checked.
+    Only towers present on both sides are compared; the same weights under another path or tag pass.
+    """
+    towers = current if isinstance(current, Mapping) else frozen_tower_identity(current)
+    saved = checkpoint.get("frozen_towers")
+    if not isinstance(saved, Mapping):
+        if towers:
+            log.warning(
+                "ckpt_path=%s records no frozen towers (written before they were recorded): cannot check "
+                "that its %s match the ones built now",
+                path,
+                ", ".join(towers),
+            )
+        return
+    changed = [
+        tower
+        for tower in towers
+        if isinstance(saved.get(tower), Mapping) and saved[tower].get("sha256") != towers[tower]["sha256"]
+    ]
+    if not changed:
+        return
+    tower = changed[0]
+    more = f" (and {', '.join(changed[1:])})" if len(changed) > 1 else ""
+    difference = (
+        f"frozen tower {tower}{more} differs: saved {_describe_tower(saved[tower])} vs now "
+        f"{_describe_tower(towers[tower])}"
+    )
+    if accept:
+        log.warning("ckpt_path=%s: %s; accepted (accept_tower_change=true)", path, difference)
+        return
+    raise ConfigError(f"ckpt_path={path}: {difference}; set accept_tower_change=true to accept the change")
 
 
 def resolve_checkpoint(cfg: DictConfig) -> str | None:

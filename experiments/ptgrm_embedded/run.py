@@ -29,6 +29,8 @@ from pathlib import Path
 from experiments.launch import run_experiment, run_sweep
 
 TASKS = {"lowlight": "snr_aware_tiny", "denoise": "restormer_tiny"}
+# The colour, clipped noise this study measured (experiment=ptgrm_denoise is grey denoising, the paper's).
+DATA = {"denoise": ["degradation=noise_gaussian", "datamodule.grey=false"]}
 
 
 def main() -> None:
@@ -65,6 +67,7 @@ def main() -> None:
             [
                 f"experiment=ptgrm_{task}",
                 f"backbone={TASKS[task]}",
+                *DATA.get(task, []),
                 "guide=prior",
                 f"guide.checkpoint={prior_dir / 'checkpoints' / 'last.ckpt'}",
                 "trainer=cpu",

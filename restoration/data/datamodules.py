@@ -69,6 +69,10 @@ class RestorationDataModule(pl.LightningDataModule):
             whole images, the default; ``trainer=smoke`` sets it for a quick end-to-end check).
         eval_every_type: with an all-in-one degradation, validate and test every image under every type
             (``<split>/<type>/psnr`` then covers all images) rather than under one drawn type each.
+        grey: make every image grey as it is read, before any degradation: the BT.601 luma rounded to 8
+            bits, as PIL's ``"L"`` and OpenCV give it, on three equal channels
+            (:func:`~restoration.data.datasets.to_grey`); the grey denoising benchmarks, whose ground truth
+            is grey too.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class RestorationDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         eval_crop: int | None = None,
         eval_every_type: bool = False,
+        grey: bool = False,
     ) -> None:
         super().__init__()
         if crop_size < 1 or batch_size < 1 or num_workers < 0:
@@ -118,6 +123,7 @@ class RestorationDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.eval_crop = eval_crop
         self.eval_every_type = eval_every_type
+        self.grey = grey
         self.datasets: dict[str, Dataset] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._warned_unused_degradation = False
@@ -158,6 +164,7 @@ class RestorationDataModule(pl.LightningDataModule):
             seed=self.val_seed,
             crop=self.eval_crop,
             every_type=self.eval_every_type,
+            grey=self.grey,
         )
 
     def _prepare(self, source: ImageSource, split: str, task: str | None = None) -> None:
@@ -191,6 +198,7 @@ class RestorationDataModule(pl.LightningDataModule):
             on_small=self.on_small,
             cache_images=self.cache_images,
             skip_bad_files=self.skip_bad_files,
+            grey=self.grey,
         )
 
     def _data_scale(self, source: ImageSource) -> int:
@@ -346,7 +354,12 @@ class MixedPairedDataModule(RestorationDataModule):
                 continue
             self._prepare(source, split, task)
             images.append(
-                (task, WholeImages(source, degradation=None, seed=self.val_seed, crop=self.eval_crop))
+                (
+                    task,
+                    WholeImages(
+                        source, degradation=None, seed=self.val_seed, crop=self.eval_crop, grey=self.grey
+                    ),
+                )
             )
         if not images:
             raise ConfigError(

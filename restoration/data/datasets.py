@@ -8,6 +8,9 @@ of ``W`` ranks with batch ``B`` reads positions ``(s·W + r)·B ... + B``, so a 
 
 Validation and test read whole images; clean images are degraded here, on the CPU, with a
 generator seeded by ``(val_seed, index)``, so every run, device and rank sees the same inputs.
+
+With ``grey``, every image is made grey (:func:`to_grey`) as it is read, before any degradation: the
+ground truth of a grey benchmark is grey too, not only its input.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ __all__ = [
     "TrainCrops",
     "WholeImages",
     "stream_seed",
+    "to_grey",
 ]
 
 log = logging.getLogger(__name__)
 
 _MASK64 = (1 << 64) - 1
+# ITU-R BT.601 luma weights, those of PIL's convert("L") and OpenCV's RGB2GRAY / IMREAD_GRAYSCALE.
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def stream_seed(*values: int) -> int:
@@ -47,6 +53,18 @@ def stream_seed(*values: int) -> int:
         state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
         state ^= state >> 29
     return state >> 1
+
+
+def to_grey(image: torch.Tensor) -> torch.Tensor:
+    """A 3×H×W RGB image in [0, 1] as grey shown on three equal channels.
+
+    The grey level is the BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` rounded to 8-bit levels, the image
+    PIL's ``convert("L")`` and OpenCV's ``IMREAD_GRAYSCALE`` give the grey benchmarks (Restormer's grey
+    training and test images), so RGB metrics on the result equal their grey metrics.
+    """
+    weights = image.new_tensor(_GREY_WEIGHTS).view(3, 1, 1)
+    grey = (image * weights).sum(dim=0, keepdim=True).mul(255).round().div(255).clamp(0, 1)
+    return grey.expand_as(image).contiguous()
 
 
 def _generator(*values: int) -> torch.Generator:
@@ -68,6 +86,7 @@ class TrainCrops(Dataset):
             up (bicubic, keeping the aspect ratio) until the crop fits.
         cache_images: keep decoded images in memory (per worker); for small datasets.
         skip_bad_files: an image that fails to decode is replaced by the next one, with a warning.
+        grey: make the crops grey (:func:`to_grey`; LQ and GT of paired data alike).
     """
 
     def __init__(
@@ -82,6 +101,7 @@ class TrainCrops(Dataset):
         on_small: str = "error",
         cache_images: bool = False,
         skip_bad_files: bool = False,
+        grey: bool = False,
     ) -> None:
         if crop_size % scale:
             raise DataError(
@@ -96,6 +116,7 @@ class TrainCrops(Dataset):
         self.cache_images = cache_images
         self.skip_bad_files = skip_bad_files
         self.on_small = on_small
+        self.grey = grey
         self.indices = self._usable_indices(on_small)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._order: tuple[int, torch.Tensor] | None = None
@@ -169,6 +190,8 @@ class TrainCrops(Dataset):
             lq = lq[:, top : top + patch, left : left + patch]
             top, left = top * self.scale, left * self.scale
         gt = gt[:, top : top + self.crop_size, left : left + self.crop_size]
+        if self.grey:  # the crop only: cheaper than the whole image
+            gt, lq = to_grey(gt), None if lq is None else to_grey(lq)
         flips = torch.rand(3, generator=generator) < 0.5
         sample: dict[str, torch.Tensor | int] = {
             "gt": self._augment(gt, flips),
@@ -204,6 +227,7 @@ class WholeImages(Dataset):
         every_type: with an all-in-one degradation (one that has ``ops`` and ``names``), evaluate every
             image under every type (``len(source) × len(names)`` items named ``<image>_<type>``) instead of
             under the one type its seed draws, so that each type's score covers every image.
+        grey: make the images grey (:func:`to_grey`) before degrading them; paired LQ images too.
     """
 
     def __init__(
@@ -214,6 +238,7 @@ class WholeImages(Dataset):
         seed: int = 1,
         crop: int | None = None,
         every_type: bool = False,
+        grey: bool = False,
     ) -> None:
         if not source.paired and degradation is None:
             raise DataError(f"{source.description} holds clean images but no degradation is configured")
@@ -223,6 +248,7 @@ class WholeImages(Dataset):
         self.degradation = degradation
         self.seed = seed
         self.crop = crop
+        self.grey = grey
         names = getattr(degradation, "names", None) if every_type and not source.paired else None
         if every_type and not source.paired and not (names and hasattr(degradation, "ops")):
             raise DataError(
@@ -237,7 +263,7 @@ class WholeImages(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | str]:
         if self.types:
             return self._typed_item(index)
-        gt, lq = self.source.read(index)
+        gt, lq = self._read(index)
         degradation_type = 0
         if lq is not None and self.crop is not None:
             gt, lq = _centre_crop_pair(gt, lq, self.crop)
@@ -258,11 +284,17 @@ class WholeImages(Dataset):
             "type": degradation_type,
         }
 
+    def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        gt, lq = self.source.read(index)
+        if not self.grey:
+            return gt, lq
+        return to_grey(gt), None if lq is None else to_grey(lq)
+
     def _typed_item(self, index: int) -> dict[str, torch.Tensor | int | str]:
         """Item ``index`` of ``every_type``: image ``index // T`` under type ``index % T``; the image's
         seed is the same for all its types, so only the type differs between them."""
         image, type_id = divmod(index, len(self.types))
-        gt, _ = self.source.read(image)
+        gt, _ = self._read(image)
         op = self.degradation.ops[type_id]  # type: ignore[union-attr]
         if self.crop is not None:
             gt = _centre_crop(gt, self.crop - self.crop % op.scale or op.scale)

@@ -7,8 +7,9 @@ image's name, size and class label. Three kinds:
 - clean images (``paired = False``): :class:`EmbeddedPhotos`, :class:`ImageFolder`; the
   degraded input is synthesized (on the training device for training, per image with a fixed
   seed for validation);
-- paired images (``paired = True``): :class:`PairedFolders` (LQ and GT files matched by key) and
-  :class:`SIDDBlocks` (the SIDD benchmark's ``.mat`` block files).
+- paired images (``paired = True``): :class:`PairedFolders` (LQ and GT files matched by key),
+  :class:`SIDDBlocks` (the SIDD benchmark's ``.mat`` block files) and :class:`SIDNpyFrames` (SID's
+  ``.npy`` frames in SNR-Aware's scene folders).
 
 Bad input raises a one-line :class:`~restoration.errors.DataError` naming the path, or, with
 ``skip_bad_files``, is skipped with a warning that counts what was skipped.
@@ -24,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from restoration.data.io import IMAGE_EXTENSIONS, image_size, list_images, read_image
 from restoration.errors import ConfigError, DataError
@@ -36,6 +39,7 @@ __all__ = [
     "ImageSource",
     "PairedFolders",
     "SIDDBlocks",
+    "SIDNpyFrames",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,6 +161,9 @@ class ImageSource:
 
 
 def _size(path: Path, decode: bool) -> tuple[int, int]:
+    if path.suffix == ".npy":
+        height, width = _npy_frame(path, decode=decode).shape[:2]
+        return height, width
     if not decode:
         return image_size(path)
     height, width = read_image(path).shape[1:]
@@ -285,6 +292,9 @@ class PairedFolders(ImageSource):
         gt_pattern: glob relative to ``gt_dir`` selecting GT files.
         key_regex: regex that extracts the matching key from the relative path (posix, no extension).
         scale: GT size / LQ size (super-resolution pairs); 1 means equal sizes.
+        modcrop: accept GT images up to ``scale - 1`` pixels larger than ``scale`` × LQ along a side and
+            crop them to ``scale`` × LQ from the top left, as EDSR's benchmark loader does with the HR images
+            of Set14, B100 and Urban100 whose sides are not multiples of 3 or 4.
     """
 
     paired = True
@@ -298,8 +308,10 @@ class PairedFolders(ImageSource):
         gt_pattern: str = "**/*",
         key_regex: str | None = None,
         scale: int = 1,
+        modcrop: bool = False,
     ) -> None:
         super().__init__()
+        self.modcrop = modcrop
         self.lq_dir = Path(lq_dir)
         self.gt_dir = Path(gt_dir)
         self.lq_pattern = lq_pattern
@@ -351,14 +363,22 @@ class PairedFolders(ImageSource):
         for entry, lq_size in self._checked(entries, skip_bad_files=skip_bad_files, decode=decode):
             gt_size = entry.size
             assert lq_size is not None
-            if gt_size != (lq_size[0] * self.scale, lq_size[1] * self.scale):
+            excess = (gt_size[0] - lq_size[0] * self.scale, gt_size[1] - lq_size[1] * self.scale)
+            if excess != (0, 0) and not (self.modcrop and all(0 <= extra < self.scale for extra in excess)):
                 expected = "the same size" if self.scale == 1 else f"GT = {self.scale} × LQ"
                 raise DataError(
                     f"size mismatch: {entry.lq} is {lq_size[1]}×{lq_size[0]} but {entry.gt} is "
                     f"{gt_size[1]}×{gt_size[0]} (width×height); expected {expected}"
                 )
-            checked.append(entry)
+            size = (lq_size[0] * self.scale, lq_size[1] * self.scale)
+            checked.append(_Entry(entry.name, entry.gt, entry.lq, entry.label, size))
         self._entries = checked
+
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        gt, lq = super().read(index)
+        if self.modcrop and lq is not None:
+            gt = gt[:, : lq.shape[1] * self.scale, : lq.shape[2] * self.scale]
+        return gt, lq
 
 
 class SIDDBlocks(ImageSource):
@@ -410,6 +430,141 @@ class SIDDBlocks(ImageSource):
         assert self._gt is not None and self._noisy is not None
         gt, noisy = (blocks[index].permute(2, 0, 1).float().div(255.0) for blocks in (self._gt, self._noisy))
         return gt, noisy
+
+
+# SNR-Aware's SID release: low-light frames and long-exposure references, one sub-folder per scene.
+_SID_LAYOUT = "root/short_sid2/<scene>/*.npy and root/long_sid2/<scene>/*.npy (SNR-Aware's SID release)"
+# SID's scene ids start with 0 (train), 1 (test) or 2 (validation); the official loader trains on 0 and 2.
+_SID_SPLITS = {"train": ("0", "2"), "test": ("1",)}
+
+
+class SIDNpyFrames(ImageSource):
+    """SID Sony frames as SNR-Aware releases them: ``.npy`` arrays in one folder per scene.
+
+    Chen, Chen, Xu and Koltun, "Learning to See in the Dark", CVPR 2018 (the data); Xu, Wang, Fu and Jia,
+    "SNR-Aware Low-Light Image Enhancement", CVPR 2022 (this processed release, ``short_sid2`` and
+    ``long_sid2``). PTG-RM's only released config reads it (official ``options/train/SID.yml``,
+    ``data/dataset_SID.py``, the same as SNR-Aware's). As the official loader:
+
+    - ``root/short_sid2/<scene>/*.npy`` are the low-light inputs; every one of a scene is paired with the
+      first (sorted) frame of ``root/long_sid2/<scene>/``, the scene's reference;
+    - the scenes whose id starts with 0 or 2 are the ``"train"`` split, those starting with 1 the ``"test"``
+      split (which the official code also validates on);
+    - a frame is an H×W×3 array on the 0-255 scale (uint8; a float array is taken on the same scale),
+      resized to ``resize`` with bilinear interpolation (``cv2.resize``'s default; uint8 frames are rounded
+      back to 8-bit levels as OpenCV does, to within one level), then divided by 255; channels past the
+      third are dropped.
+
+    Unlike the official loader, scenes are paired by folder name (it zips the two sorted folder lists), and a
+    scene without its reference folder is an error.
+
+    Args:
+        root: the folder holding ``short_sid2`` and ``long_sid2``.
+        split: ``"train"`` (scenes 0xxxx and 2xxxx) or ``"test"`` (scenes 1xxxx).
+        resize: ``[width, height]`` every frame is resized to (official ``train_size: [960, 512]``, passed to
+            ``cv2.resize`` as its (width, height)); ``None`` keeps the frames' own size.
+        channel_order: ``"bgr"``: the arrays hold B, G, R, which the official loader assumes (it reverses
+            the channels after reading); ``"rgb"``: they are read as they are.
+    """
+
+    paired = True
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        split: str = "train",
+        resize: Sequence[int] | None = (960, 512),
+        channel_order: str = "bgr",
+    ) -> None:
+        super().__init__()
+        if split not in _SID_SPLITS:
+            raise ConfigError(f"SIDNpyFrames split={split!r}; expected one of {list(_SID_SPLITS)}")
+        if resize is not None and (len(resize) != 2 or min(resize) < 1):
+            raise ConfigError(f"SIDNpyFrames resize={list(resize)}; expected [width, height] or null")
+        if channel_order not in ("bgr", "rgb"):
+            raise ConfigError(f"SIDNpyFrames channel_order={channel_order!r}; expected 'bgr' or 'rgb'")
+        self.root = Path(root)
+        self.split = split
+        self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
+        self.channel_order = channel_order
+        self.description = f"SID frames {root} ({split})"
+
+    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
+        short, long = self.root / "short_sid2", self.root / "long_sid2"
+        for folder in (short, long):
+            if not folder.is_dir():
+                raise DataError(f"{folder}: folder not found; expected {_SID_LAYOUT}")
+        digits = _SID_SPLITS[self.split]
+        scenes = sorted(
+            path.name for path in short.iterdir() if path.is_dir() and path.name.startswith(digits)
+        )
+        if not scenes:
+            raise DataError(
+                f"{short}: no scene folder of the {self.split} split (names starting with "
+                f"{' or '.join(digits)}); expected {_SID_LAYOUT}"
+            )
+        entries = []
+        for scene in scenes:
+            frames = _npy_files(short / scene)
+            references = _npy_files(long / scene)
+            entries += [_Entry(f"{scene}/{frame.stem}", references[0], frame, -1, (0, 0)) for frame in frames]
+        checked = []
+        for entry, lq_size in self._checked(entries, skip_bad_files=skip_bad_files, decode=decode):
+            if self.resize is not None:
+                width, height = self.resize
+                checked.append(_Entry(entry.name, entry.gt, entry.lq, entry.label, (height, width)))
+                continue
+            if lq_size != entry.size:
+                raise DataError(
+                    f"size mismatch: {entry.lq} is {lq_size[1]}×{lq_size[0]} but {entry.gt} is "
+                    f"{entry.size[1]}×{entry.size[0]} (width×height); expected the same size, or set resize"
+                )
+            checked.append(entry)
+        self._entries = checked
+
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        entry = self.entries[index]
+        assert isinstance(entry.gt, Path) and isinstance(entry.lq, Path)
+        return self._frame(entry.gt), self._frame(entry.lq)
+
+    def _frame(self, path: Path) -> torch.Tensor:
+        """One frame as a 3×H×W float32 RGB tensor in [0, 1], resized as the official loader does."""
+        array = _npy_frame(path, decode=True)
+        frame = torch.from_numpy(np.ascontiguousarray(array[..., :3], dtype=np.float32)).permute(2, 0, 1)
+        size = None if self.resize is None else self.resize[::-1]  # (height, width)
+        if size is not None and tuple(frame.shape[1:]) != size:
+            # cv2.resize's INTER_LINEAR: half-pixel centres, no antialiasing when shrinking
+            frame = F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False)[0]
+            if array.dtype == np.uint8:  # back to 8-bit levels, rounded half up as OpenCV's fixed point
+                frame = frame.add(0.5).floor().clamp(0, 255)
+        if self.channel_order == "bgr":
+            frame = frame.flip(0)
+        return frame.div(255).clamp(0, 1).contiguous()
+
+
+def _npy_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found; every scene needs both folders of {_SID_LAYOUT}")
+    files = sorted(path for path in folder.glob("*.npy") if not path.name.startswith("."))
+    if not files:
+        raise DataError(f"{folder}: no .npy frames; expected {_SID_LAYOUT}")
+    return files
+
+
+def _npy_frame(path: Path, *, decode: bool) -> np.ndarray:
+    """The H×W×C array (C >= 3) of a SID ``.npy`` file; memory-mapped (header only) unless ``decode``."""
+    try:
+        array = np.load(path, mmap_mode=None if decode else "r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: cannot read the .npy file ({reason[:160]})") from None
+    if array.ndim != 3 or array.shape[2] < 3 or not (array.dtype == np.uint8 or array.dtype.kind == "f"):
+        raise DataError(
+            f"{path}: holds a {array.dtype} array of shape {array.shape}; expected an H×W×3 uint8 frame "
+            "(0-255) as in SNR-Aware's SID release"
+        )
+    return array
 
 
 def _find_images(folder: Path, pattern: str, expected: str) -> list[Path]:

@@ -7,6 +7,11 @@ deraining, denoising σ 30 and 50); the loss is L1 on the restored image plus 0.
 term on the decoder tokens (:class:`~restoration.losses.PatchContrastiveLoss`). Unlike the MindSpore code
 the L1 path goes through the transformer.
 
+**The balance of the two terms depends on the pixel scale.** MindSpore computes L1 on images in 0-255
+(``rgb_range`` 255), so its L1 is 255 times ours on [0, 1] while the contrastive term is scale-free: with
+the same λ = 0.1, an L1 on [0, 1] makes the contrastive term about 255 times heavier. ``pixel_scale``
+(default 255) scores the pixel loss on images multiplied by it, the official balance; 1 keeps L1 on [0, 1].
+
 **One task per step, the same on every rank.** The task of step ``s`` comes from a generator seeded by
 ``(seed, s)``: every DDP rank draws the same task, a resumed run draws what an uninterrupted one would,
 and the micro-batches of an accumulated step share their task. Only that task's head and tail take part
@@ -124,6 +129,9 @@ class IPTPretrainStage(RestorationStage):
         loss: ``(restored, target) -> scalar`` pixel loss (L1).
         contrastive: ``tokens -> scalar`` loss on the N×256×576 decoder tokens, or ``None``.
         contrastive_weight: its weight λ (0.1, IPT).
+        pixel_scale: the pixel loss compares ``restored`` and ``target`` multiplied by this: 255 scores
+            them on the 0-255 scale as MindSpore does (for L1, 255 × the L1 on [0, 1]), the official balance
+            with the contrastive term; 1 scores them on [0, 1].
         seed: seed of the task draws, crops and training degradations (the run's ``seed``).
         val_seed: seed of the validation and test degradations (``datamodule.val_seed``).
         tiling: how validation, test and prediction restore whole images (default: the official protocol).
@@ -140,6 +148,7 @@ class IPTPretrainStage(RestorationStage):
         loss: nn.Module,
         contrastive: nn.Module | None,
         contrastive_weight: float = 0.1,
+        pixel_scale: float = 255.0,
         seed: int = 0,
         val_seed: int = 1,
         tiling: IPTTiling | None = None,
@@ -157,11 +166,16 @@ class IPTPretrainStage(RestorationStage):
                     f"stage.degradations.{task} down-samples by {degradation.scale} but task {task} "
                     f"upscales by {net.scale_of(task)}"
                 )
+        if pixel_scale <= 0:
+            raise ConfigError(
+                f"stage.pixel_scale={pixel_scale}; expected a positive scale (255: official, 1: [0, 1])"
+            )
         super().__init__(net=net, crop_border=0, **base)
         self.degradations = dict(degradations)
         self.loss = loss
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
+        self.pixel_scale = float(pixel_scale)
         self.seed = seed
         self.val_seed = val_seed
         self.tiling = tiling if tiling is not None else IPTTiling()
@@ -198,7 +212,7 @@ class IPTPretrainStage(RestorationStage):
         target = self._random_crop(batch["gt"], self.net.patch_size * self.net.scale_of(task), batch)
         degraded, _ = self.degradations[task](target, self._generator(target.device, batch))
         restored, tokens = self.net(degraded, task, return_tokens=True)
-        pixel_loss = self.loss(restored, target)
+        pixel_loss = self.loss(restored * self.pixel_scale, target * self.pixel_scale)
         loss = pixel_loss
         if self.contrastive is not None and self.contrastive_weight:
             contrastive_loss = self.contrastive(tokens)
