@@ -14,11 +14,13 @@ error and exit status 1; anything else keeps its traceback.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import itertools
 import json
 import logging
 import os
 import platform
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -33,19 +35,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader
 
-from restoration.archs import load_pretrained
+from restoration.archs import load_pretrained, network_prefix
 from restoration.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, RNGState
 from restoration.checkpoints import (
     NETWORK_KEYS,
+    check_frozen_towers,
     check_state_dict,
     describe_mismatch,
+    frozen_tower_identity,
     load_checkpoint_header,
     network_config,
     resolve_checkpoint,
@@ -56,7 +60,16 @@ from restoration.errors import ConfigError, RestorationError, TrainingDiverged
 from restoration.loggers import build_loggers, finish_loggers
 from restoration.signals import RunInterrupted, StopOnSignal, stop_on_sigterm
 
-__all__ = ["apply_smoke", "build_backbone", "keep_freed_memory", "main", "run", "user_error_message"]
+__all__ = [
+    "apply_smoke",
+    "build_backbone",
+    "build_stage",
+    "keep_freed_memory",
+    "main",
+    "parameter_counts",
+    "run",
+    "user_error_message",
+]
 
 log = logging.getLogger(__name__)
 
@@ -248,21 +261,81 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+def instantiate_network(node: DictConfig, key: str) -> Any:
+    """``instantiate(node)`` for the network at config ``key``; a bad argument is a one-line ConfigError.
+
+    An unknown or missing argument names ``<key>.<argument>`` and the arguments the class takes; an error the
+    constructor raises (a ValueError, or torch refusing a size) names the argument it mentions and its value.
+    """
+    try:
+        return instantiate(node)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if not isinstance(cause, TypeError | ValueError | RuntimeError):
+            raise
+        target = str(node.get("_target_", "?"))
+        message = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        arguments = [name for name in node if not str(name).startswith("_")]
+        try:
+            accepted = [
+                name
+                for name in inspect.signature(get_object(target)).parameters
+                if name not in ("self", "kwargs")
+            ]
+        except (TypeError, ValueError, ImportError):
+            accepted = []
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", message)
+        missing = re.search(r"missing \d+ required (?:keyword-only )?arguments?: '(\w+)'", message)
+        if unknown:
+            raise ConfigError(
+                f"{key}.{unknown.group(1)}: not an argument of {target}; expected one of {accepted}"
+            ) from None
+        if missing:
+            raise ConfigError(f"{key}.{missing.group(1)} is missing: {target} requires it") from None
+        # the arguments the message names, else the one whose (scalar) value it quotes first
+        named = [name for name in arguments if re.search(rf"\b{re.escape(str(name))}\b", message)]
+        quoted = {
+            name: found.start()
+            for name in arguments
+            if isinstance(node[name], int | float)
+            and (found := re.search(rf"(?<![\w.]){re.escape(str(node[name]))}\b", message))
+        }
+        if not named and quoted:
+            named = [min(quoted, key=quoted.get)]
+        where = ", ".join(f"{key}.{name}={node[name]}" for name in named) or f"{key} ({target})"
+        raise ConfigError(f"{where}: {message}") from None
+
+
 def build_backbone(cfg: DictConfig) -> torch.nn.Module:
-    """The backbone of ``cfg``, with the released weights of ``backbone_weights.path`` if one is given."""
-    net = instantiate(cfg.backbone)
+    """The backbone of ``cfg``, with the weights of ``backbone_weights.path`` if one is given.
+
+    The one door for weights: released files of every method (in any container :func:`load_pretrained`
+    unwraps, translated by the network's own ``checkpoint_filter_fn`` where it has one) and the network of one
+    of our checkpoints (IPT fine-tuning from an ``ipt_pretrain`` run).
+    """
+    net = instantiate_network(cfg.backbone, "backbone")
     weights = cfg.get("backbone_weights") or {}
     if weights.get("path"):
+        # one of our checkpoints (.ckpt) holds the network as ema.module.* (its EMA) or net.*: found here
+        prefix = weights.get("prefix") or network_prefix(weights.path)
         load_pretrained(
             net,
             weights.path,
             key=weights.get("key"),
-            prefix=weights.get("prefix") or "",
+            prefix=prefix,
             exclude=tuple(weights.get("exclude") or ()),
             strict=weights.get("strict", True),
         )
         log.info("backbone weights loaded from %s", weights.path)
     return net
+
+
+def build_stage(cfg: DictConfig) -> pl.LightningModule:
+    """The stage of ``cfg`` around its backbone (:func:`build_backbone`), with its guide and refiner."""
+    net = build_backbone(cfg)
+    # a frozen pre-trained guide and a guided refinement module (PTG-RM), for the stages that take them
+    extras = {name: instantiate_network(cfg[name], name) for name in ("guide", "refiner") if cfg.get(name)}
+    return instantiate(cfg.stage, net=net, **extras)
 
 
 def _command_line_keys() -> set[str]:
@@ -405,13 +478,14 @@ def _build_and_run(
 
     degradation = instantiate(cfg.degradation)
     datamodule = instantiate(cfg.datamodule, degradation=degradation)
-    net = build_backbone(cfg)
-    # a frozen pre-trained guide and a guided refinement module (PTG-RM), for the stages that take them
-    extras = {name: instantiate(cfg[name]) for name in ("guide", "refiner") if cfg.get(name)}
-    stage = instantiate(cfg.stage, net=net, **extras)
+    stage = build_stage(cfg)
+    # the frozen towers (guide, teacher, VGG) are not in checkpoints: their identity is, hashed once per run
+    towers = frozen_tower_identity(stage, cfg)
     if ckpt_path is not None:
-        check_state_dict(ckpt_path, load_checkpoint_header(ckpt_path)["state_dict"], stage.state_dict())
-    results["parameters"] = _parameter_counts(stage)
+        checkpoint = load_checkpoint_header(ckpt_path)
+        check_state_dict(ckpt_path, checkpoint["state_dict"], stage.state_dict())
+        check_frozen_towers(ckpt_path, checkpoint, towers, accept=bool(cfg.get("accept_tower_change")))
+    results["parameters"] = parameter_counts(stage)
 
     # The config as plain containers, interpolations resolved, without Hydra's own node.
     resolved = {
@@ -422,7 +496,7 @@ def _build_and_run(
     callbacks = [
         *_instantiate_all(cfg.get("callbacks")),
         RNGState(),
-        ConfigInCheckpoint(resolved, choices),
+        ConfigInCheckpoint(resolved, choices, towers),
         StopOnSignal(),
     ]
     loggers = build_loggers(cfg, ckpt_path=ckpt_path)
@@ -441,10 +515,15 @@ def _build_and_run(
         return _fit_and_test(cfg, trainer, stage, datamodule, ckpt_path, results)
 
 
-def _parameter_counts(stage: pl.LightningModule) -> dict[str, int]:
-    """Trainable parameters (what the optimizer updates) and frozen ones (guides, prompters, VGG)."""
+def parameter_counts(stage: pl.LightningModule) -> dict[str, int]:
+    """Trainable parameters (what the optimizer updates) and frozen ones (guides, prompters, VGG).
+
+    The EMA copy of the network is neither: it is the same network averaged, not more parameters.
+    """
     counts = {"trainable": 0, "frozen": 0}
-    for parameter in stage.parameters():
+    for name, parameter in stage.named_parameters():
+        if name.startswith("ema."):
+            continue
         counts["trainable" if parameter.requires_grad else "frozen"] += parameter.numel()
     return counts
 

@@ -7,7 +7,8 @@ from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 from omegaconf import OmegaConf
 
-from restoration.run import apply_smoke
+from restoration.errors import ConfigError
+from restoration.run import apply_smoke, build_backbone
 
 from .conftest import CONF
 
@@ -117,3 +118,24 @@ def test_backbone_upscale_follows_the_data(overrides: tuple[str, ...], scale: in
 def test_div2k_val_scale_follows_train_scale(make_config) -> None:
     cfg = make_config("datamodule=div2k", "datamodule.root=/data", "datamodule.train.scale=3")
     assert cfg.datamodule.val.lq_dir == "/data/DIV2K_valid_LR_bicubic/X3"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ("backbone=nafnet_tiny", "+backbone.enc_blk_nums=[1,1]"),
+            r"^backbone.enc_blk_nums: not an argument of restoration.archs.nafnet.NAFNet; expected one of "
+            r"\['image_channels', 'width', 'encoder_blocks'",
+        ),
+        (("backbone=nafnet_tiny", "backbone.width=-3"), r"^backbone.width=-3: .*negative dimension -3"),
+        (
+            ("backbone=nafnet_tiny", "backbone.encoder_blocks=[1,1]"),
+            r"^backbone.encoder_blocks=\[1, 1\], backbone.decoder_blocks=\[1, 1, 1\]: NAFNet needs as many",
+        ),
+    ],
+)
+def test_a_bad_network_argument_is_a_config_error_naming_its_key(overrides, message, make_config) -> None:
+    cfg = make_config(*overrides)
+    with pytest.raises(ConfigError, match=message):
+        build_backbone(cfg)

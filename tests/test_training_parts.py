@@ -14,7 +14,7 @@ from restoration.errors import ConfigError
 from restoration.guides.base import Guide
 from restoration.losses import CharbonnierLoss, L1Loss, PSNRLoss
 from restoration.optim import WarmupCosineLR
-from restoration.stages.base import EMA
+from restoration.stages.chassis import EMA
 from restoration.stages.restore import RestoreStage
 from restoration.visualize import comparison_grid
 

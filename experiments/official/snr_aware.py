@@ -4,9 +4,9 @@
 
 The official module also holds the PTG-RM refiner (``refinement11``), which needs a CLIP condition. Its
 random weights are saved with the rest in the official checkpoint format (a bare state dict), which ours
-loads with :meth:`SNRAware.load_released` (strict on our keys, the refiner's set aside); the refiner is
-then replaced by a pass-through, so the official module's parameters and output are those of the target
-network alone (its second output, ``out_noise2``).
+loads with ``load_pretrained`` (strict on our keys; ``SNRAware.checkpoint_filter_fn`` sets the refiner's
+aside); the refiner is then replaced by a pass-through, so the official module's parameters and output are
+those of the target network alone (its second output, ``out_noise2``).
 
 The official forward computes an unused coordinate grid with ``.cuda()``; on a CPU-only machine that
 call is made a no-op while the official network runs. The official SNR map comes from the official
@@ -30,6 +30,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from experiments.official import import_official
+from restoration.archs.pretrained import load_pretrained
 
 # The official class hard-codes 6 short-range blocks, 6 layers of 8 heads of 64: only the full preset.
 PRESETS = ("snr_aware",)
@@ -83,7 +84,7 @@ def build(root: str | Path, preset: str) -> tuple[torch.nn.Module, torch.nn.Modu
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "ptg_rm.pth"
         torch.save(official.state_dict(), path)  # the official save_network format: a bare state dict
-        ours.load_released(path)
+        load_pretrained(ours, path)
     official.refinement11 = _PassThroughRefiner()
     return ours, official
 

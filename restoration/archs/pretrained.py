@@ -105,9 +105,17 @@ def load_pretrained(
     shape mismatches are still errors; missing and unexpected keys are allowed (and logged by the
     caller if it wants: the returned module carries them as ``module.pretrained_mismatch``).
 
-    See :func:`read_state_dict` for ``key``, ``prefix``, ``exclude`` and the containers understood.
+    See :func:`read_state_dict` for ``key``, ``prefix``, ``exclude`` and the containers understood. A module
+    with a ``checkpoint_filter_fn(state) -> (state, set_aside_names)`` method filters the file's state first;
+    the names it sets aside are listed in ``module.pretrained_mismatch["unexpected"]``, and the file in
+    ``module.pretrained_path`` (PTG-RM's stage takes its refiner from there).
     """
     state = read_state_dict(path, key=key, prefix=prefix, exclude=exclude, map_location=map_location)
+    # A network whose releases hold foreign keys translates them beside itself (timm's checkpoint_filter_fn):
+    # it returns the state it takes and the names it sets aside (e.g. PTG-RM's refiner in SNR-Aware files).
+    set_aside: list[str] = []
+    if callable(filter_fn := getattr(module, "checkpoint_filter_fn", None)):
+        state, set_aside = filter_fn(state)
     own = module.state_dict()
     missing = [name for name in own if name not in state]
     unexpected = [name for name in state if name not in own]
@@ -128,7 +136,8 @@ def load_pretrained(
             f"pretrained weights {path} do not fit {type(module).__name__}: " + "; ".join(problems)
         )
     module.load_state_dict(state, strict=strict)
-    module.pretrained_mismatch = {"missing": missing, "unexpected": unexpected}
+    module.pretrained_mismatch = {"missing": missing, "unexpected": [*set_aside, *unexpected]}
+    module.pretrained_path = str(path)
     return module
 
 

@@ -20,24 +20,20 @@ or on padded images differs from the whole image's. On natural images that maxim
 few very flat pixels, and then no patch passes the attention's 0.5 threshold: the official code (scores
 filled with -1e9) then attends uniformly to every patch, and so does this one.
 
-Released weights: the original SNR-Aware checkpoints hold exactly this network's keys and load with
-``load_pretrained(net, path)``. PTG-RM checkpoints also hold the refiner's ``refinement11.*`` keys,
-which strict loading rejects and ``strict=False`` would accept together with any genuinely missing key;
-:meth:`SNRAware.load_released` loads both kinds strictly on this network's keys and sets only the
-refiner's keys aside (listed in ``net.pretrained_mismatch["unexpected"]``).
+Released weights: the original SNR-Aware checkpoints hold exactly this network's keys; PTG-RM's also hold
+the refiner's ``refinement11.*`` keys. Both load strictly with ``load_pretrained(net, path)`` (and so with
+``backbone_weights.path``): :meth:`SNRAware.checkpoint_filter_fn` sets the refiner's keys aside (listed in
+``net.pretrained_mismatch["unexpected"]``) and any other missing or unexpected key is still an error. The
+refiner itself loads with ``load_pretrained(PTGRM(...), path, prefix="refinement11.")``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from restoration.archs.common import pad_to_multiple
-from restoration.archs.pretrained import load_pretrained
-from restoration.errors import ConfigError
 
 __all__ = ["REFINER_PREFIX", "SNRAware", "compute_snr_map"]
 
@@ -301,26 +297,8 @@ class SNRAware(nn.Module):
     def _up(conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(F.pixel_shuffle(conv(features), 2), 0.1, inplace=True)
 
-    def load_released(self, path: str | Path, *, key: str | None = None) -> SNRAware:
-        """Load a released SNR-Aware or PTG-RM checkpoint into this network and return it.
-
-        Every key of this network must be in the file with its shape, and the file may hold no other
-        keys than the PTG-RM refiner's (``refinement11.*``); otherwise a
-        :class:`~restoration.errors.ConfigError` names the offending keys (the network's weights are
-        then partly overwritten: build a new one). The refiner's keys are listed in
-        ``self.pretrained_mismatch["unexpected"]``.
-
-        Args:
-            path: the checkpoint, in any container :func:`~restoration.archs.load_pretrained` reads.
-            key: its container entry, if not found automatically.
-        """
-        load_pretrained(self, path, key=key, strict=False)
-        missing = self.pretrained_mismatch["missing"]
-        unexpected = self.pretrained_mismatch["unexpected"]
-        foreign = [name for name in unexpected if not name.startswith(REFINER_PREFIX)]
-        if missing or foreign:
-            raise ConfigError(
-                f"pretrained weights {path} do not fit SNRAware: {len(missing)} missing {missing[:5]}, "
-                f"{len(foreign)} unexpected outside {REFINER_PREFIX}* {foreign[:5]}"
-            )
-        return self
+    @staticmethod
+    def checkpoint_filter_fn(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """A released state without PTG-RM's refiner keys (``refinement11.*``), and those keys' names."""
+        aside = [name for name in state if name.startswith(REFINER_PREFIX)]
+        return {name: tensor for name, tensor in state.items() if not name.startswith(REFINER_PREFIX)}, aside

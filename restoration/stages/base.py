@@ -1,8 +1,8 @@
-"""The shared base of every training stage: what all stages do the same way.
+"""The evaluation part of the stages that produce images, on the training chassis (stages/chassis.py).
 
-- optimisation of the trainable network only (frozen towers stay out of the optimizer),
-  per-iteration learning-rate schedules, and an EMA copy of the network (parameters and buffers);
-- a NaN/inf loss check that stops training cleanly at the bad step (see :meth:`checked_loss`);
+:class:`RestorationStage` adds to :class:`~restoration.stages.chassis.TrainingChassis` (optimizer, schedule,
+EMA, NaN stop, frozen towers) what every image-producing stage does the same way:
+
 - validation and test on whole images: padding to the network's size multiple, optional tiling,
   PSNR/SSIM (RGB and Y) through :class:`~restoration.metrics.ImageQuality` of the restored images
   and, as the baseline, of the degraded inputs (``val/degraded/psnr``; scored once per image, as the
@@ -17,6 +17,9 @@
 - intermediate outputs a stage names in :attr:`RestorationStage.scored_outputs` (e.g. PTG-RM's target
   network output, ``val/target/psnr``), scored and shown in the grids beside the final output.
 
+``restoration.evaluate`` uses this part without a Trainer: :meth:`RestorationStage.restore_for_evaluation` on
+each image of a benchmark.
+
 A stage subclass implements ``training_step`` and, if its network takes more than the degraded
 image, overrides :meth:`RestorationStage.run_network` (one forward pass on a padded image or tile) or
 :meth:`RestorationStage.restore` (used by validation, test and prediction), or
@@ -25,87 +28,40 @@ image, overrides :meth:`RestorationStage.run_network` (one forward pass on a pad
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 
 from restoration.archs.common import pad_to_multiple
 from restoration.errors import ConfigError
 from restoration.metrics import ImageQuality
 from restoration.signals import stop_point
+from restoration.stages.chassis import TrainingChassis
 from restoration.tiling import tiled_forward
 from restoration.visualize import comparison_grid, log_images, save_png, to_uint8
 
-__all__ = ["EMA", "RestorationStage"]
+__all__ = ["RestorationStage"]
 
 log = logging.getLogger(__name__)
 
 
-class EMA(nn.Module):
-    """Exponential moving average of a network's parameters and floating-point buffers.
-
-    With ``warmup`` the decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates
-    (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``), so early averages are not
-    dominated by the random initialisation; without it the decay is constant from the first step,
-    as in BasicSR (and so NAFNet, Restormer, ConStyle v2). Integer buffers (e.g. BatchNorm's step
-    counter) are copied.
-
-    Args:
-        net: the network to average; a frozen deep copy is kept as ``module``.
-        decay: the target decay, e.g. 0.999 as BasicSR / ConStyle v2.
-        warmup: ramp the decay up over the first updates.
-    """
-
-    def __init__(self, net: nn.Module, *, decay: float, warmup: bool = True) -> None:
-        super().__init__()
-        if not 0.0 < decay < 1.0:
-            raise ConfigError(f"EMA decay={decay}; expected a number in (0, 1)")
-        self.decay = decay
-        self.warmup = warmup
-        self.module = copy.deepcopy(net).requires_grad_(False)
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def update(self, net: nn.Module) -> None:
-        updates = int(self.num_updates)
-        decay = min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
-        averaged = list(self.module.parameters())
-        current = [param.detach() for param in net.parameters()]
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        for averaged_buffer, buffer in zip(self.module.buffers(), net.buffers(), strict=True):
-            if averaged_buffer.is_floating_point():
-                averaged_buffer.lerp_(buffer, 1.0 - decay)
-            else:
-                averaged_buffer.copy_(buffer)
-        self.num_updates += 1
-
-
-class RestorationStage(pl.LightningModule):
-    """Base LightningModule of the stages: a trainable restoration network ``net``.
+class RestorationStage(TrainingChassis):
+    """Base LightningModule of the image-producing stages: a trainable restoration network ``net``.
 
     Subclasses with intermediate outputs list their names in ``scored_outputs`` and return them from
     :meth:`restore_for_evaluation`; each gets the metrics ``<split>/<name>/psnr`` etc.
 
     Args:
-        net: the network being trained; it maps a degraded batch to a restored batch.
-        optimizer: ``_partial_`` optimizer factory (called with the trainable parameters).
-        scheduler: ``_partial_`` LR scheduler factory stepped every iteration, or ``None``.
-        ema_decay: decay of the EMA copy of ``net`` used for validation, test and the best
-            checkpoint; ``None`` disables the EMA.
-        ema_warmup: ramp the EMA decay up over the first updates (see :class:`EMA`).
+        net: the network being trained; it maps a degraded batch to a restored batch. Validation, test and
+            the best checkpoint use its EMA copy when the chassis keeps one.
         crop_border: border pixels excluded from the metrics (the SR convention: the scale).
         pad_multiple: pad whole images to this multiple before the forward pass; ``None`` uses the
             network's ``size_multiple`` attribute (1 if it has none).
@@ -113,28 +69,23 @@ class RestorationStage(pl.LightningModule):
         tile_overlap: overlap of the tiles in pixels.
         num_logged_images: how many validation images (the first ones) get a comparison grid.
         save_test_images: write every restored test image as a PNG under ``images/test/restored``.
+        **chassis: ``optimizer``, ``scheduler``, ``ema_decay`` and ``ema_warmup`` of
+            :class:`~restoration.stages.chassis.TrainingChassis`.
     """
 
     def __init__(
         self,
         *,
         net: nn.Module,
-        optimizer: Callable[..., Optimizer],
-        scheduler: Callable[[Optimizer], LRScheduler] | None = None,
-        ema_decay: float | None = 0.999,
-        ema_warmup: bool = True,
         crop_border: int = 0,
         pad_multiple: int | None = None,
         tile: int | None = None,
         tile_overlap: int = 32,
         num_logged_images: int = 4,
         save_test_images: bool = False,
+        **chassis: Any,
     ) -> None:
-        super().__init__()
-        self.net = net
-        self.ema = EMA(net, decay=ema_decay, warmup=ema_warmup) if ema_decay is not None else None
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(net=net, **chassis)
         self.pad_multiple = pad_multiple if pad_multiple is not None else getattr(net, "size_multiple", 1)
         self.tile = tile
         self.tile_overlap = tile_overlap
@@ -151,8 +102,6 @@ class RestorationStage(pl.LightningModule):
         self.crop_border = crop_border
         # degradation type names of the data, when it mixes several (set in setup)
         self.type_names: tuple[str, ...] = ()
-        self.diverged_at: tuple[int, float] | None = None
-        self.last_validated_step: int | None = None
         self.image_scores: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
         """Per image of the last validation / test, in dataset order, on every rank: ``name``, ``type`` (the
         degradation type's name when the data mixes several, else ``None``), ``psnr``, ``ssim``, ``psnr_y``,
@@ -164,12 +113,9 @@ class RestorationStage(pl.LightningModule):
 
     scored_outputs: tuple[str, ...] = ()
     """Names of the intermediate outputs of :meth:`restore_for_evaluation` that get their own metrics."""
-    frozen_towers: tuple[str, ...] = ("guide",)
-    """Attributes holding frozen pre-trained modules (guides, teachers, loss networks). They are built from
-    the config, so checkpoints leave them out (CLIP alone would add 600 MB to each) and loading takes the
-    ones just built; DDP neither reduces nor broadcasts them."""
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         # Metrics for each degradation type and each intermediate output, created before Lightning moves
         # the module to its device. Their states are not saved in checkpoints (torchmetrics default).
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -185,76 +131,8 @@ class RestorationStage(pl.LightningModule):
             for group in (*self.type_names, *self.scored_outputs):
                 if f"{split}_{group}" not in self.metrics:
                     self.metrics[f"{split}_{group}"] = ImageQuality(crop_border=self.crop_border)
-        frozen = self._frozen_tower_prefixes()
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self,
-            [
-                name
-                for name, _ in (*self.named_parameters(), *self.named_buffers())
-                if name.startswith(frozen)
-            ],
-        )
-
-    def _frozen_tower_prefixes(self, prefix: str = "") -> tuple[str, ...]:
-        return tuple(f"{prefix}{tower}." for tower in self.frozen_towers)
-
-    def state_dict(
-        self, *, destination: dict[str, Any] | None = None, prefix: str = "", keep_vars: bool = False
-    ) -> dict[str, Any]:
-        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for name in [name for name in state if name.startswith(self._frozen_tower_prefixes(prefix))]:
-            del state[name]
-        return state
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> Any:
-        built = {
-            name: value
-            for tower in self.frozen_towers
-            if isinstance(getattr(self, tower, None), nn.Module)
-            for name, value in getattr(self, tower).state_dict(prefix=f"{tower}.").items()
-        }
-        return super().load_state_dict({**state_dict, **built}, strict=strict, assign=assign)
-
-    # ---- training ---------------------------------------------------------------------------
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """What the optimizer updates: the network's parameters that require gradients."""
-        return (param for param in self.net.parameters() if param.requires_grad)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(list(self.trainable_parameters()))
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def checked_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """Return ``loss``, or ``None`` (skipping the optimizer step) and stop training if it is not finite.
-
-        The decision is taken jointly by all ranks, so DDP never waits on a rank that skipped.
-        The weights are those of the last good step; the checkpoint callback saves nothing after this.
-        """
-        finite = bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True))
-        if finite:
-            return loss
-        self.diverged_at = (self.global_step, float(loss.detach()))
-        log.error("non-finite training loss %s at step %d; stopping", self.diverged_at[1], self.global_step)
-        self.trainer.should_stop = True
-        return None
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update(self.net)
 
     # ---- inference --------------------------------------------------------------------------
-
-    @property
-    def eval_net(self) -> nn.Module:
-        """The network used for validation and test: the EMA copy when there is one."""
-        return self.ema.module if self.ema is not None else self.net
 
     def run_network(self, net: nn.Module, degraded: torch.Tensor) -> torch.Tensor:
         """One forward pass of ``net`` (the training or the EMA network) on a padded batch.
@@ -303,7 +181,7 @@ class RestorationStage(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._finish_evaluation("val")
-        self.last_validated_step = self.global_step
+        super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
         self._finish_evaluation("test")
@@ -403,22 +281,6 @@ class RestorationStage(pl.LightningModule):
         )
         images = [image for image, _ in panels.values()]
         return comparison_grid([*images, target], [*labels, "ground truth"]), caption
-
-    def log_evaluation(self, values: Mapping[str, torch.Tensor]) -> None:
-        """Log validation or test metrics at ``trainer.global_step``, the step in checkpoint and grid names.
-
-        Lightning logs a validation run during training at its count of optimizer steps before the step just
-        made (``best_step0000004.ckpt`` and ``chelsea_step0000004.png`` would meet ``val/psnr`` at step 3), so
-        the loggers get the metrics here; Lightning gets them only for ``trainer.callback_metrics``, which the
-        checkpoint callback, the progress log and ``results.json`` read.
-        """
-        self.log_dict(dict(values), logger=False, sync_dist=False)
-        if self.trainer.sanity_checking:
-            return
-        scalars = {key: float(value) for key, value in values.items()}
-        for logger in self.loggers:
-            logger.log_metrics(scalars, step=self.global_step)
-            logger.save()
 
     def _finish_evaluation(self, split: str) -> None:
         values = {f"{split}/{key}": value for key, value in self.metrics[split].compute().items()}

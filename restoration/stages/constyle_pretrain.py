@@ -65,7 +65,7 @@ from restoration.archs.constyle import ConStyleEncoder
 from restoration.data.datasets import stream_seed
 from restoration.errors import ConfigError
 from restoration.guides.base import Guide
-from restoration.stages.base import RestorationStage
+from restoration.stages.chassis import TrainingChassis
 
 __all__ = [
     "ConStylePretrainStage",
@@ -240,7 +240,7 @@ class TimmTeacher(Guide):
 # ---- the stage ---------------------------------------------------------------------------------
 
 
-class ConStylePretrainStage(RestorationStage):
+class ConStylePretrainStage(TrainingChassis):
     """Pre-train a ConStyle prompter with a momentum key encoder, a latent queue and five weighted losses.
 
     Args:
@@ -266,7 +266,7 @@ class ConStylePretrainStage(RestorationStage):
             teacher is that frozen classifier on the clean image instead of the key encoder.
         seed: seed of the key-view crops (the run's ``seed``).
         ema_decay: decay of the EMA copy of ``net`` (0.999).
-        ema_warmup: ramp the EMA decay up over the first updates (see :class:`~restoration.stages.base.EMA`).
+        ema_warmup: ramp the EMA decay up over the first updates (:class:`~restoration.stages.chassis.EMA`).
     """
 
     # the timm teacher is rebuilt from its own file, not stored in checkpoints
@@ -471,7 +471,7 @@ class ConStylePretrainStage(RestorationStage):
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
-        self.last_validated_step = self.global_step
+        super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")

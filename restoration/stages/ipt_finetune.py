@@ -4,18 +4,17 @@ H. Chen et al., "Pre-Trained Image Processing Transformer", CVPR 2021: after mul
 pre-training, each task is fine-tuned on its own data keeping only its head, tail and task-embedding row
 (the maintainers, huawei-noah/Pretrained-IPT#47), here :meth:`~restoration.archs.ipt.IPT.single_task`.
 
-``pretrained`` is one of
+The pre-trained weights come through ``backbone_weights.path`` (the one door for weights, see
+:func:`~restoration.run.build_backbone`), loaded into the multi-task network before this stage keeps a task:
 
 - a Lightning checkpoint of the ``ipt_pretrain`` stage (``*.ckpt``): its EMA weights (``ema.module.*``)
   when it has them, else the trained network (``net.*``);
 - an official-format state dict saved with ``torch.save`` (``IPT_pretrain.pt``, or a released
-  single-task model with the matching single-task backbone), loaded strictly by
-  :func:`~restoration.archs.load_pretrained`;
-- ``None``: no pre-training. The task is trained from random weights, i.e. IPT without pre-training
-  (the paper's baseline), with one warning; this is what the experiments do when no weights are given.
+  single-task model with the matching single-task backbone), loaded strictly;
+- none: the task is trained from random weights, i.e. IPT without pre-training (the paper's baseline), with
+  one warning; this is what the experiments do when no weights are given.
 
-The weights are loaded when the stage is built; resuming (``ckpt_path``) then replaces them with the
-checkpoint's, as does testing a fine-tuned checkpoint.
+Resuming (``ckpt_path``) then replaces them with the checkpoint's, as does testing a fine-tuned checkpoint.
 
 The backbone must be the model the weights were saved from (``backbone=ipt_pretrain`` for
 ``IPT_pretrain.pt``, ``backbone=ipt_tiny`` for a tiny pre-training run); the task's weights are then taken
@@ -31,7 +30,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from restoration.archs import load_pretrained, network_prefix
 from restoration.archs.ipt import IPT
 from restoration.errors import ConfigError
 from restoration.stages.base import RestorationStage
@@ -49,7 +47,6 @@ class IPTFinetuneStage(RestorationStage):
         net: the IPT the weights belong to (the six-task pre-training model, or a single-task one).
         task: the task to fine-tune (``sr_x2``, ``sr_x3``, ``sr_x4``, ``derain``, ``denoise_30``,
             ``denoise_50``); its head, tail and task-embedding row are kept.
-        pretrained: the weights to start from (see the module docstring), or ``None`` to train from scratch.
         loss: ``(restored, target) -> scalar`` pixel loss (L1, IPT).
         tiling: how validation, test and prediction restore whole images
             (:class:`~restoration.stages.ipt_pretrain.IPTTiling`; default: the official protocol).
@@ -64,7 +61,6 @@ class IPTFinetuneStage(RestorationStage):
         *,
         net: IPT,
         task: str,
-        pretrained: str | None = None,
         loss: nn.Module,
         tiling: IPTTiling | None = None,
         crop_border: int | None = None,
@@ -72,17 +68,13 @@ class IPTFinetuneStage(RestorationStage):
     ) -> None:
         if task not in net.tasks:
             raise ConfigError(f"stage.task={task!r} is not a task of the IPT backbone: {list(net.tasks)}")
-        if pretrained is None:
+        if getattr(net, "pretrained_mismatch", None) is None:  # load_pretrained marks what it loaded into
             log.warning(
-                "stage.pretrained=null: the %s model starts from random weights (IPT without pre-training) "
-                "unless ckpt_path restores a checkpoint; set stage.pretrained to IPT_pretrain.pt or an "
-                "ipt_pretrain checkpoint",
+                "no backbone_weights.path: the %s model starts from random weights (IPT without "
+                "pre-training) unless ckpt_path restores a checkpoint; set backbone_weights.path to "
+                "IPT_pretrain.pt or an ipt_pretrain checkpoint",
                 task,
             )
-        else:
-            prefix = network_prefix(pretrained)
-            load_pretrained(net, pretrained, prefix=prefix)
-            log.info("fine-tuning %s from %s%s", task, pretrained, f" ({prefix}*)" if prefix else "")
         if crop_border is None:
             crop_border = net.scale_of(task) if net.scale_of(task) > 1 else 0
         super().__init__(net=net.single_task(task), crop_border=crop_border, **base)
