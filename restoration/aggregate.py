@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from restoration.errors import ConfigError
 
-__all__ = ["GroupSummary", "Job", "Stat", "aggregate", "read_jobs", "summarize"]
+__all__ = ["GroupSummary", "Job", "Stat", "aggregate", "read_jobs", "summarize", "write_csv", "write_text"]
 
 log = logging.getLogger(__name__)
 
@@ -335,16 +335,18 @@ def rows(groups: Sequence[GroupSummary]) -> list[dict[str, Any]]:
     return table
 
 
-def _write_csv(path: Path, table: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, table: list[dict[str, Any]], columns: Sequence[str] = _CSV_COLUMNS) -> None:
+    """``table`` as a CSV file with these ``columns``, written atomically (a ``.partial`` file renamed)."""
     partial = path.with_name(path.name + ".partial")
     with partial.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(table)
     partial.replace(path)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` atomically: readers see the old file or the whole new one."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     partial.replace(path)
@@ -426,8 +428,8 @@ def aggregate(
     )
     text = markdown(groups, shown, title=title)
     table = rows(groups)
-    _write_text(sweep_dir / "aggregate.md", text)
-    _write_csv(sweep_dir / "aggregate.csv", table)
+    write_text(sweep_dir / "aggregate.md", text)
+    write_csv(sweep_dir / "aggregate.csv", table)
     log.info(
         "aggregate of the sweep (%s, %s):\n%s", sweep_dir / "aggregate.md", sweep_dir / "aggregate.csv", text
     )

@@ -25,7 +25,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-__all__ = ["ipt_tiled_forward", "tiled_forward"]
+__all__ = ["ipt_tiled_forward", "self_ensemble_forward", "tiled_forward"]
 
 
 def _tile_origins(size: int, tile: int, stride: int) -> list[int]:
@@ -429,8 +429,12 @@ def ipt_tiled_forward(
         (restored,) = _blend_regions(forward, images, [region], scale=scale, tile=tile, batch_size=batch_size)
         return restored
 
-    if not self_ensemble:
-        return restore(degraded)
-    return torch.stack(
-        [_undo_dihedral(restore(_dihedral(degraded, index)), index) for index in range(8)]
-    ).mean(0)
+    return self_ensemble_forward(restore, degraded) if self_ensemble else restore(degraded)
+
+
+def self_ensemble_forward(forward: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+    """The ×8 self-ensemble (EDSR, the official IPT ``forward_x8``): the mean of ``forward`` over the 8 flips
+    and transposes of ``images``, each mapped back; 8× the cost of one pass."""
+    return torch.stack([_undo_dihedral(forward(_dihedral(images, index)), index) for index in range(8)]).mean(
+        0
+    )

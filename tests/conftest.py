@@ -42,15 +42,15 @@ CLI_ENV.pop("HYDRA_FULL_ERROR", None)
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
-    """Compose ``conf/config.yaml`` with overrides, as ``python -m restoration.run`` would.
+    """Compose ``conf/config.yaml`` (or ``config_name``) as ``python -m restoration.run`` would.
 
     Runs write under ``tmp_path/logs/<task_name>/runs/<run_name>``, the layout of real runs.
     """
     counter = iter(range(1000))
 
-    def _make(*overrides: str, run_name: str | None = None) -> DictConfig:
+    def _make(*overrides: str, run_name: str | None = None, config_name: str = "config") -> DictConfig:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
         output_dir = tmp_path / "logs" / cfg.task_name / "runs" / (run_name or f"run{next(counter)}")
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir)
@@ -64,10 +64,12 @@ def make_config(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     HydraConfig.instance().cfg = None
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python -m restoration.run ARGS`` in ``cwd``; stdout and stderr captured together."""
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 600, module: str = "restoration.run"
+) -> subprocess.CompletedProcess[str]:
+    """``python -m restoration.run ARGS`` (or ``module``) in ``cwd``; stdout and stderr captured together."""
     return subprocess.run(
-        [sys.executable, "-m", "restoration.run", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=CLI_ENV,
         stdout=subprocess.PIPE,
