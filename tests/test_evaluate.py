@@ -28,6 +28,7 @@ from restoration.run import build_stage
 from restoration.tiling import ipt_tiled_forward
 
 from .conftest import run_cli
+from .test_loggers import read_offline_runs
 from .test_ptgrm_stage import TINY_GUIDE
 from .test_sid_source import _sid_tree
 
@@ -353,3 +354,45 @@ def test_the_released_ptgrm_file_loads_target_and_refiner_through_one_door(
     assert loaded.state_dict().keys() == source.state_dict().keys()
     for name, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_self_ensemble_averages_the_eight_flips_and_transposes(make_config, tmp_path: Path) -> None:
+    weights = _basicsr("nafnet_tiny", "params")(make_config, tmp_path)
+    cfg = _evaluation_config(
+        make_config, tmp_path, "benchmark=sidd", f"ckpt_path={weights}", "backbone=nafnet_tiny"
+    )
+    stage = load_stage(cfg).eval()
+    degraded = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        ensembled = restorer(stage, Protocol(self_ensemble=True))(degraded)["restored"]
+        plain = restorer(stage, Protocol())(degraded)["restored"]
+        views = []
+        for flip_w, flip_h, transpose in [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]:
+            view = degraded.flip(-1) if flip_w else degraded
+            view = view.flip(-2) if flip_h else view
+            view = view.transpose(-2, -1) if transpose else view
+            out = stage.restore_for_evaluation(view)[0]
+            out = out.transpose(-2, -1) if transpose else out
+            out = out.flip(-2) if flip_h else out
+            views.append(out.flip(-1) if flip_w else out)
+    assert torch.allclose(ensembled, torch.stack(views).mean(0), atol=1e-6)
+    assert not torch.allclose(ensembled, plain, atol=1e-4)  # a random NAFNet is not flip-equivariant
+
+
+@pytest.mark.usefixtures("offline_wandb")
+def test_logger_wandb_gets_the_per_set_and_per_image_tables(make_config, tmp_path: Path) -> None:
+    overrides = ("benchmark=allinone_5task", "backbone=nafnet_tiny", "benchmark.sets=[Rain100L,LOL-v1]")
+    cfg = _evaluation_config(make_config, tmp_path, *overrides, "ckpt_path=/nowhere")
+    for name in ("Rain100L", "LOL-v1"):
+        build_fake_set(cfg.benchmark.datasets[name], GT_SIDE)
+    weights = _basicsr("nafnet_tiny", "params")(make_config, tmp_path)
+    cfg = _evaluation_config(make_config, tmp_path, *overrides, f"ckpt_path={weights}", "logger=wandb")
+
+    results = evaluate(cfg)
+
+    (run,) = read_offline_runs(Path(cfg.paths.output_dir))
+    per_set = {row["set"]: row for row in run.table("benchmark")}
+    assert per_set.keys() == {"Rain100L", "LOL-v1"}
+    assert per_set["Rain100L"]["psnr"] == pytest.approx(results["sets"]["Rain100L"]["psnr"])
+    assert len(run.table("images")) == 4
+    assert run.summary["LOL-v1/psnr"] == pytest.approx(results["sets"]["LOL-v1"]["psnr"])

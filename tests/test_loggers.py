@@ -35,15 +35,7 @@ SMALL = (
 )
 
 
-@pytest.fixture(autouse=True)
-def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """W&B offline, quiet, with its staging and cache folders in ``tmp_path``; no run left open."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for name in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
-    yield
-    wandb.finish()
+pytestmark = pytest.mark.usefixtures("offline_wandb")
 
 
 @dataclass
