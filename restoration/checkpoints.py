@@ -211,7 +211,7 @@ def _describe_tower(record: Mapping[str, Any]) -> str:
 def check_frozen_towers(
     path: str | Path,
     checkpoint: Mapping[str, Any],
-    current: nn.Module | Mapping[str, Any],
+    towers: Mapping[str, Any],
     *,
     accept: bool = False,
 ) -> None:
@@ -220,13 +220,12 @@ def check_frozen_towers(
     Args:
         path: the checkpoint's path, for the message.
         checkpoint: its content (:func:`load_checkpoint_header`).
-        current: the stage about to load it, or its :func:`frozen_tower_identity` record.
+        towers: the :func:`frozen_tower_identity` record of the stage about to load it.
         accept: log the change instead of refusing it (``accept_tower_change=true``).
 
     A checkpoint written before towers were recorded loads with a warning that nothing could be checked.
     Only towers present on both sides are compared; the same weights under another path or tag pass.
     """
-    towers = current if isinstance(current, Mapping) else frozen_tower_identity(current)
     saved = checkpoint.get("frozen_towers")
     if not isinstance(saved, Mapping):
         if towers:

@@ -52,7 +52,7 @@ from restoration.data.datasets import WholeImages
 from restoration.errors import ConfigError, DataError, RestorationError
 from restoration.loggers import build_loggers
 from restoration.metrics import ImageQuality
-from restoration.run import CONFIG_DIR, build_stage, parameter_counts, user_error_message
+from restoration.run import CONFIG_DIR, build_stage, command_line_keys, parameter_counts, user_error_message
 from restoration.stages.ipt_pretrain import IPTTiling
 from restoration.tiling import self_ensemble_forward
 from restoration.visualize import save_png, to_uint8
@@ -148,9 +148,7 @@ def load_stage(cfg: DictConfig) -> pl.LightningModule:
 def _take_stage_config(cfg: DictConfig, path: Path, saved: Mapping[str, Any]) -> None:
     """Rebuild the checkpoint's stage: its saved backbone, refiner, guide and stage nodes replace the composed
     ones, except a node the command line sets (which then has to fit the weights)."""
-    from restoration.run import _command_line_keys
-
-    given = {key.split(".", 1)[0] for key in _command_line_keys()}
+    given = {key.split(".", 1)[0] for key in command_line_keys()}
     taken = []
     with open_dict(cfg):
         for key in STAGE_KEYS:

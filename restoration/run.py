@@ -64,6 +64,8 @@ __all__ = [
     "apply_smoke",
     "build_backbone",
     "build_stage",
+    "command_line_keys",
+    "instantiate_network",
     "keep_freed_memory",
     "main",
     "parameter_counts",
@@ -338,7 +340,7 @@ def build_stage(cfg: DictConfig) -> pl.LightningModule:
     return instantiate(cfg.stage, net=net, **extras)
 
 
-def _command_line_keys() -> set[str]:
+def command_line_keys() -> set[str]:
     """The config keys set on the command line (``max_steps=10``, ``+a.b=1``, ``trainer=smoke``...)."""
     if not HydraConfig.initialized():
         return set()
@@ -356,7 +358,7 @@ def apply_smoke(cfg: DictConfig) -> None:
     smoke = cfg.trainer.get("smoke")
     if smoke is None:
         return
-    given = _command_line_keys()
+    given = command_line_keys()
     with open_dict(cfg):
         del cfg.trainer["smoke"]
         for key in ("max_steps", "val_every"):
@@ -387,7 +389,7 @@ def _network_from_checkpoint(cfg: DictConfig, ckpt_path: str | None) -> None:
     mismatch = describe_mismatch(ckpt_path, checkpoint, cfg)
     if mismatch is None:
         return
-    given = _command_line_keys()
+    given = command_line_keys()
     chosen = sorted(key for key in given if key.split(".", 1)[0] in NETWORK_KEYS)
     if chosen:
         raise ConfigError(f"ckpt_path={mismatch}, but the command line sets {', '.join(chosen)}")

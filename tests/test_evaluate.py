@@ -93,7 +93,7 @@ def _save_official(path: Path, state: dict[str, torch.Tensor], container: str | 
     return path
 
 
-def _save_ours(path: Path, cfg: DictConfig, *, seed: int | None = None) -> Path:
+def save_our_checkpoint(path: Path, cfg: DictConfig, *, seed: int | None = None) -> Path:
     """A checkpoint in this framework's container: the stage's weights, the config it was built from and the
     identity of its frozen towers. The random tiny guide is built after seeding with ``seed`` (default: the
     run's seed, which restoration.evaluate seeds with too, so that it builds the same guide)."""
@@ -102,6 +102,7 @@ def _save_ours(path: Path, cfg: DictConfig, *, seed: int | None = None) -> Path:
     config = {
         key: OmegaConf.to_container(cfg[key], resolve=True)
         for key in ("backbone", "refiner", "guide", "stage")
+        if cfg.get(key) is not None
     }
     towers = frozen_tower_identity(stage, cfg)
     torch.save(
@@ -117,7 +118,7 @@ def _ptgrm(
         cfg = make_config("stage=ptgrm", f"backbone={backbone}", "refiner=ptgrm_tiny", "guide=none")
         with open_dict(cfg):
             cfg.guide = OmegaConf.create(TINY_GUIDE)
-        return _save_ours(folder / "best.ckpt", cfg, seed=guide_seed)
+        return save_our_checkpoint(folder / "best.ckpt", cfg, seed=guide_seed)
 
     return checkpoint
 

@@ -4,10 +4,10 @@ Run ``python -m experiments.bench.evaluate [--presets ipt_sr_x2 sidd ...] [--sid
 evaluates the preset's own network at paper size with random weights (saved in the container its method
 releases, or as our checkpoint for the guided stages, with CLIP ViT-B/32's image tower as the guide) on the
 first set of the preset, made of one synthetic image of ``--side`` pixels in the set's exact layout
-(tests/test_evaluate.py's builder), through ``restoration.evaluate.evaluate`` as the command runs it. It
-prints a Markdown table of the seconds per image that ``results.json`` reports (the restoration alone:
-reading, degrading and scoring are not in it), with the network and its parameter counts. The all-in-one
-protocols are timed with ConStyle v2's prompted NAFNet under its prompter.
+(tests/test_evaluate.py's builder and checkpoint writer), through ``restoration.evaluate.evaluate`` as the
+command runs it. It prints a Markdown table of the seconds per image that ``results.json`` reports (the
+restoration alone: reading, degrading and scoring are not in it), with the network and its parameter counts.
+The all-in-one protocols are timed with ConStyle v2's prompted NAFNet under its prompter.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiments.bench.degradations import cpu_name
 from restoration.evaluate import evaluate
 from restoration.run import CONFIG_DIR, build_stage, keep_freed_memory
-from tests.test_evaluate import build_fake_set
+from tests.guide_models import save_official_constyle_prompter
+from tests.test_evaluate import build_fake_set, save_our_checkpoint
 
 __all__ = ["main"]
 
@@ -61,37 +62,17 @@ def _compose(folder: Path, *overrides: str) -> DictConfig:
     return cfg
 
 
-def _prompter(folder: Path) -> str:
-    """A random ConStyle v2 prompter in the framework's checkpoint container (what guide=constyle reads)."""
-    from restoration.archs.constyle import ConStyleEncoder
-
-    encoder = ConStyleEncoder(num_classes=None)
-    path = folder / "prompter.ckpt"
-    backbone = {"_target_": "restoration.archs.constyle.ConStyleEncoder", "num_classes": None}
-    state = {f"net.{key}": value for key, value in encoder.state_dict().items()}
-    torch.save({"state_dict": state, "config": {"backbone": backbone}}, path)
-    return str(path)
-
-
 def _checkpoint(preset: str, folder: Path, cfg: DictConfig) -> tuple[Path, list[str]]:
     """Random paper-size weights in the preset's container and the overrides that evaluate needs with them."""
     if preset.startswith(("ptgrm_", "constyle_", "allinone_")):
         overrides = list(ALLINONE) if not preset.startswith("ptgrm_") else []
         if overrides:
-            overrides.append(f"guide.checkpoint={_prompter(folder)}")
+            overrides.append(f"guide.checkpoint={save_official_constyle_prompter(folder / 'prompter.pth')}")
         cfg = _compose(folder, f"benchmark={preset}", "ckpt_path=/none", *overrides)
         if preset.startswith("ptgrm_"):
             with open_dict(cfg):
                 cfg.guide = OmegaConf.create(CLIP_TOWER)
-        torch.manual_seed(cfg.seed)
-        stage = build_stage(cfg)
-        config = {
-            key: OmegaConf.to_container(cfg[key], resolve=True)
-            for key in ("backbone", "refiner", "guide", "stage")
-            if cfg.get(key) is not None
-        }
-        path = folder / "best.ckpt"
-        torch.save({"state_dict": stage.state_dict(), "config": config, "choices": {}}, path)
+        path = save_our_checkpoint(folder / "best.ckpt", cfg)
         return path, overrides
     stage = build_stage(cfg)
     path = folder / "weights.pth"
