@@ -61,6 +61,9 @@ class Checkpoint(ModelCheckpoint):
         return _diverged(trainer) or super()._should_skip_saving_checkpoint(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        detect = getattr(pl_module, "detect_divergence", None)
+        if detect is not None:
+            detect()  # the last steps' losses, before the last checkpoint
         if self.save_last and not _diverged(trainer) and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

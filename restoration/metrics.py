@@ -167,7 +167,8 @@ class ImageQuality(Metric):
     higher_is_better = True
     full_state_update = False
 
-    _KEYS = ("psnr", "ssim", "psnr_y", "ssim_y")
+    KEYS = ("psnr", "ssim", "psnr_y", "ssim_y")
+    """The four scores, in the order of every table."""
 
     def __init__(self, *, crop_border: int = 0, quantize: bool = True) -> None:
         super().__init__()
@@ -175,7 +176,7 @@ class ImageQuality(Metric):
             raise ValueError(f"crop_border must be >= 0; got {crop_border}")
         self.crop_border = crop_border
         self.quantize = quantize
-        for key in self._KEYS:
+        for key in self.KEYS:
             self.add_state(f"{key}_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -208,11 +209,11 @@ class ImageQuality(Metric):
             scores = self.per_image(restored, target)
         elif restored is not None or target is not None:
             raise ValueError("ImageQuality.update takes restored and target images or scores=, not both")
-        for key in self._KEYS:
+        for key in self.KEYS:
             state = getattr(self, f"{key}_sum")
             setattr(self, f"{key}_sum", state + scores[key].sum().to(state.device))
         self.count += scores["psnr"].numel()
 
     def compute(self) -> dict[str, Tensor]:
         """Return the mean of each metric over all images seen (across ranks once synced)."""
-        return {key: getattr(self, f"{key}_sum") / self.count for key in self._KEYS}
+        return {key: getattr(self, f"{key}_sum") / self.count for key in self.KEYS}

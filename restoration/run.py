@@ -14,6 +14,7 @@ error and exit status 1; anything else keeps its traceback.
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import itertools
 import json
@@ -57,6 +58,7 @@ from restoration.checkpoints import (
 from restoration.data.datasets import DegradedImages
 from restoration.data.sources import ImageFolder
 from restoration.errors import ConfigError, RestorationError, TrainingDiverged
+from restoration.guides.cache import precompute
 from restoration.loggers import build_loggers, finish_loggers
 from restoration.signals import RunInterrupted, StopOnSignal, stop_on_sigterm
 
@@ -70,6 +72,7 @@ __all__ = [
     "main",
     "parameter_counts",
     "run",
+    "take_guide_options",
     "user_error_message",
 ]
 
@@ -157,10 +160,26 @@ def _working_directory() -> str:
     return os.getcwd()
 
 
+def _eval_items_per_image(*, _root_: DictConfig) -> int:
+    """How many validation items one image makes: its degradation types when each image is evaluated under
+    every type (``datamodule.eval_every_type``, or one task per step as IPT's), else 1.
+
+    ``trainer=smoke`` validates that many batches: one image, under every type.
+    """
+    degradation = OmegaConf.select(_root_, "degradation")
+    if not isinstance(degradation, DictConfig) or not isinstance(degradation.get("ops"), DictConfig):
+        return 1
+    every_type = bool(OmegaConf.select(_root_, "datamodule.eval_every_type", default=False))
+    if every_type or str(degradation.get("_target_", "")).endswith(".TaskPerStep"):
+        return len(degradation.ops)
+    return 1
+
+
 OmegaConf.register_new_resolver("cwd", _working_directory, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("run_stamp", _run_stamp, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
 OmegaConf.register_new_resolver("data_scale", _data_scale, replace=True)
+OmegaConf.register_new_resolver("eval_items_per_image", _eval_items_per_image, replace=True)
 
 
 def keep_freed_memory() -> bool:
@@ -332,8 +351,32 @@ def build_backbone(cfg: DictConfig) -> torch.nn.Module:
     return net
 
 
+GUIDE_INPUTS = ("frame", "crop")
+
+
+def take_guide_options(cfg: DictConfig) -> tuple[str, bool]:
+    """Take ``guide.input`` and ``guide.cache`` out of the guide node (they are no guide arguments).
+
+    ``input``: ``frame``, the guide's feature of the whole degraded image, computed once per image by the
+    datamodule before training (paired data), or ``crop``, the training crop encoded in the step. ``cache``:
+    keep the ``frame`` features on disk under ``paths.cache_dir/osf``. A guide node without them (a test's or
+    a bench's own node) keeps the guide in the step: ``("crop", False)``. Calling it again gives that too.
+    """
+    guide = cfg.get("guide")
+    if not isinstance(guide, DictConfig) or ("input" not in guide and "cache" not in guide):
+        return "crop", False
+    with open_dict(cfg):
+        osf_input, cache = str(guide.pop("input", "frame")), guide.pop("cache", True)
+    if osf_input not in GUIDE_INPUTS:
+        raise ConfigError(f"guide.input={osf_input}; expected one of {list(GUIDE_INPUTS)}")
+    if not isinstance(cache, bool):
+        raise ConfigError(f"guide.cache={cache}; expected true or false")
+    return osf_input, cache
+
+
 def build_stage(cfg: DictConfig) -> pl.LightningModule:
     """The stage of ``cfg`` around its backbone (:func:`build_backbone`), with its guide and refiner."""
+    take_guide_options(cfg)
     net = build_backbone(cfg)
     # a frozen pre-trained guide and a guided refinement module (PTG-RM), for the stages that take them
     extras = {name: instantiate_network(cfg[name], name) for name in ("guide", "refiner") if cfg.get(name)}
@@ -466,6 +509,7 @@ def _build_and_run(
     if not cfg.train and not cfg.test and not cfg.get("predict"):
         raise ConfigError("train=false, test=false and no predict folder: nothing to do")
     apply_smoke(cfg)
+    osf_input, osf_cache = take_guide_options(cfg)
     # Hydra's instantiate passes a missing value (???) on as None; catch it here instead.
     missing = sorted(_missing_keys(cfg))
     if missing:
@@ -481,6 +525,9 @@ def _build_and_run(
     degradation = instantiate(cfg.degradation)
     datamodule = instantiate(cfg.datamodule, degradation=degradation)
     stage = build_stage(cfg)
+    _attach_guide_features(
+        stage, datamodule, osf_input, folder=Path(cfg.paths.cache_dir) / "osf" if osf_cache else None
+    )
     # the frozen towers (guide, teacher, VGG) are not in checkpoints: their identity is, hashed once per run
     towers = frozen_tower_identity(stage, cfg)
     if ckpt_path is not None:
@@ -515,6 +562,21 @@ def _build_and_run(
     results.update(resumed_from=ckpt_path if cfg.train else None, world_size=trainer.world_size)
     with _ddp_sweep_job(trainer.world_size):
         return _fit_and_test(cfg, trainer, stage, datamodule, ckpt_path, results)
+
+
+def _attach_guide_features(
+    stage: pl.LightningModule, datamodule: pl.LightningDataModule, osf_input: str, *, folder: Path | None
+) -> None:
+    """``guide.input=frame``: the datamodule computes the stage's guide features once; ``crop``: the stage."""
+    guide = getattr(stage, "osf_guide", None)
+    if guide is None:
+        return
+    if osf_input == "crop":
+        log.info("guide.input=crop: the guide encodes each training crop in the step")
+        return
+    datamodule.attach_features(functools.partial(precompute, guide, folder=folder))
+    where = f"cached under {folder}" if folder is not None else "in memory (guide.cache=false)"
+    log.info("guide.input=frame: the guide's features of the whole degraded images, computed once, %s", where)
 
 
 def parameter_counts(stage: pl.LightningModule) -> dict[str, int]:

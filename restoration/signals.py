@@ -295,6 +295,9 @@ class StopOnSignal(Callback):
 
     def _should_save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Save when training ran at least one step in this run, and never after a non-finite loss."""
+        detect = getattr(pl_module, "detect_divergence", None)
+        if detect is not None and trainer.state.fn == TrainerFn.FITTING:
+            detect()
         return (
             trainer.state.fn == TrainerFn.FITTING
             and not trainer.sanity_checking

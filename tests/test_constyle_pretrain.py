@@ -50,7 +50,7 @@ def _stage(**options) -> ConStylePretrainStage:
     return ConStylePretrainStage(**settings)
 
 
-def _datamodule(folder: Path) -> RestorationDataModule:
+def _datamodule(folder: Path, key_view: bool = False) -> RestorationDataModule:
     """Random 40×48 photos: six to train on (32² crops), two whole ones to validate on."""
     for index in range(8):
         write_image(folder / ("val" if index >= 6 else "train") / f"{index}.png", seed=index)
@@ -64,11 +64,17 @@ def _datamodule(folder: Path) -> RestorationDataModule:
         num_workers=0,
         cache_images=True,
         seed=0,
+        key_view=key_view,
     )
 
 
 def _fit(
-    stage: ConStylePretrainStage, folder: Path, steps: int, callbacks=(), validate: bool = True
+    stage: ConStylePretrainStage,
+    folder: Path,
+    steps: int,
+    callbacks=(),
+    validate: bool = True,
+    key_view: bool = False,
 ) -> pl.Trainer:
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -85,7 +91,7 @@ def _fit(
         use_distributed_sampler=False,
         callbacks=list(callbacks),
     )
-    trainer.fit(stage, datamodule=_datamodule(folder))
+    trainer.fit(stage, datamodule=_datamodule(folder, key_view))
     return trainer
 
 
@@ -215,7 +221,7 @@ class _Recorder(pl.Callback):
             {
                 "query": copy.deepcopy(stage.net),
                 "key": copy.deepcopy(stage.key_encoder),
-                "batch": {name: value.clone() for name, value in batch.items()},
+                "batch": copy.deepcopy(batch),
             }
         )
 
@@ -225,10 +231,10 @@ class _Recorder(pl.Callback):
 
 def test_three_steps_train_query_only_and_keep_state(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    stage = _stage(class_steps=2, independent_crops=True)
+    stage = _stage(class_steps=2)
     initial_ema = copy.deepcopy(stage.ema.module)
     recorder = _Recorder()
-    trainer = _fit(stage, tmp_path, 3, [recorder])
+    trainer = _fit(stage, tmp_path, 3, [recorder], key_view=True)
 
     # the key encoder is frozen and outside the optimizer, which holds exactly the query encoder
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
@@ -244,8 +250,11 @@ def test_three_steps_train_query_only_and_keep_state(tmp_path: Path) -> None:
         not torch.equal(key, query)
         for key, query in zip(stage.key_encoder.parameters(), stage.net.parameters(), strict=True)
     )
-    # faithful mode: the first write holds the query latents q1 of the degraded batch
+    # the key encoder saw a crop of the clean images drawn independently of the query's
     first = recorder.steps[0]
+    assert first["batch"]["key"].shape == first["batch"]["gt"].shape
+    assert not torch.equal(first["batch"]["key"], first["batch"]["gt"])
+    # faithful mode: the first write holds the query latents q1 of the degraded batch
     with torch.no_grad():
         written = first["query"].train()(first["batch"]["lq"]).q1
     assert int(stage.queue.queue_ptr) == (3 * BATCH) % 8
@@ -281,7 +290,7 @@ def test_three_steps_train_query_only_and_keep_state(tmp_path: Path) -> None:
 def test_faithful_queue_holds_query_latents_and_standard_keys(tmp_path: Path) -> None:
     for mode in ("faithful", "standard"):
         torch.manual_seed(0)
-        stage = _stage(mode=mode, independent_crops=False)
+        stage = _stage(mode=mode)
         recorder = _Recorder()
         _fit(stage, tmp_path, 1, [recorder], validate=False)
         step = recorder.steps[0]
@@ -324,8 +333,20 @@ def test_bad_settings_fail_clearly(tmp_path: Path) -> None:
         _stage(net=ConStyleEncoder(num_classes=None))
     with pytest.raises(ConfigError, match=r"queue size must be a multiple of batch_size"):
         _fit(_stage(queue_size=6), tmp_path, 1, validate=False)
-    batch = {"lq": torch.zeros(2, 3, 8, 8), "label": torch.tensor([-1, -1]), "type": torch.tensor([0, 9])}
+    # the labels are checked once, before the first step (reading them in a step would wait for the device)
     with pytest.raises(ConfigError, match=r"stage.pretext=class but the data has no class labels"):
-        _stage(pretext="class").pretext_labels(batch)
-    with pytest.raises(ConfigError, match=r"label 9 does not fit the prompter's 8-way classifier"):
-        _stage().pretext_labels(batch)
+        _fit(_stage(pretext="class"), tmp_path, 1, validate=False)
+    with pytest.raises(ConfigError, match=r"8 degradation types do not fit the prompter's 4-way classifier"):
+        _fit(_stage(net=ConStyleEncoder(num_classes=4)), tmp_path, 1, validate=False)
+
+
+def test_ddp_broadcasts_neither_the_queue_nor_the_ema_at_every_step() -> None:
+    stage = _stage()
+    stage.setup("fit")
+    ignored = set(stage._ddp_params_and_buffers_to_ignore)
+    assert {"queue.queue", "queue.queue_ptr", "ema.num_updates"} <= ignored
+    assert {name for name, _ in stage.ema.named_buffers(prefix="ema")} <= ignored
+    # the encoders' BatchNorm statistics are still broadcast from rank 0, as MoCo's
+    assert (
+        not {name for name, _ in stage.named_buffers() if name.startswith(("net.", "key_encoder."))} & ignored
+    )

@@ -266,7 +266,8 @@ def test_datamodule_degrades_training_batches_on_the_device() -> None:
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert set(batch) == {"gt", "index", "label"}
-    batch = module.on_after_batch_transfer(batch, 0)
+    batch = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
+    assert batch["index"] == [0, 1, 2, 3]  # on the host
     assert batch["lq"].shape == batch["gt"].shape == (4, 3, 32, 32)
     assert batch["type"].tolist() == [0, 0, 0, 0]
     again = module.on_after_batch_transfer({key: value for key, value in batch.items() if key != "lq"}, 0)

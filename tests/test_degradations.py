@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,14 @@ import skimage.data
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from restoration.data import degradations as D
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "degradation"
-CONFIGS = sorted(path.stem for path in CONF_DIR.glob("*.yaml"))
+# ipt_tasks composes other presets (Hydra defaults) into IPT's per-step tasks, a TaskPerStep rather than a
+# Degradation: tests/test_ipt_stages.py tests it
+CONFIGS = sorted(path.stem for path in CONF_DIR.glob("*.yaml") if path.stem != "ipt_tasks")
 
 
 def photo(n: int = 2, height: int = 48, width: int = 48) -> torch.Tensor:
@@ -87,6 +91,67 @@ def test_same_seed_same_output_other_seed_other_output(name: str) -> None:
     if name not in fixed:
         other, other_ids = op(images, generator(8))
         assert not torch.equal(first, other) or not torch.equal(first_ids, other_ids)
+
+
+# operators that read a tensor's values on the host: on a GPU each waits for the device to catch up
+_READS = {
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.masked_select.default,
+}
+
+
+def _in_host_work() -> bool:
+    """Whether the caller runs inside JPEG.apply, whose libjpeg/nvjpeg codec is documented host work."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is D.JPEG.apply.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _HostReads(TorchDispatchMode):
+    def __init__(self, found: list[str]) -> None:
+        super().__init__()
+        self.found = found
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _READS and not _in_host_work():
+            self.found.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_ops_never_read_device_values_on_the_host(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Choices that steer control flow are drawn on the host: no op reads a tensor back (.item(), .tolist(),
+    nonzero, boolean masks), except inside the JPEG codec."""
+    op = OPS[name]()
+    found: list[str] = []
+    for method in ("tolist", "numpy"):
+        original = getattr(torch.Tensor, method)
+
+        def reading(tensor: torch.Tensor, *args, _original=original, _method=method, **kwargs):
+            if not _in_host_work():
+                found.append(f"Tensor.{_method}")
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, reading)
+    height = 48 - 48 % op.scale
+    with _HostReads(found):
+        op(photo(4, height, height), generator(1))
+    assert found == []
+
+
+def test_an_op_called_twice_on_one_generator_chooses_afresh() -> None:
+    """Host choices follow the generator's state, and drawing them advances it: a composition's op that runs
+    twice in one batch does not repeat its choices, while a fresh generator with the same seed does."""
+    op = D.RandomCompose(ops=[darken()], p=0.5)
+    images = photo(1).expand(32, -1, -1, -1).contiguous()
+    shared = generator(4)
+    first, second = op.apply(images, shared), op.apply(images, shared)
+    assert not torch.equal(first, second)
+    assert torch.equal(op.apply(images, generator(4)), first)
 
 
 def test_input_is_not_modified() -> None:
@@ -482,6 +547,19 @@ def test_random_compose_applies_each_op_to_a_per_sample_subset() -> None:
     assert sum(counts.values()) == 64 and all(count > 5 for count in counts.values())
 
 
+def test_random_compose_shuffle_draws_both_orders_equally_often() -> None:
+    # the two orders differ: halving 0.9 and then flooring to 8-bit levels gives 114/255, the other 114.5/255
+    halve, floor = darken(), D.Quantize(rounding="floor")
+    op = D.RandomCompose(ops=[halve, floor], shuffle=True)
+    images = torch.full((1, 3, 4, 4), 0.9)
+    halved_first = floor.apply(halve.apply(images, generator()), generator())
+    floored_first = halve.apply(floor.apply(images, generator()), generator())
+    outcomes = [op(images, generator(seed))[0] for seed in range(400)]
+    assert all(torch.equal(out, halved_first) or torch.equal(out, floored_first) for out in outcomes)
+    count = sum(torch.equal(out, halved_first) for out in outcomes)
+    assert abs(count - 200) < 40  # 4 standard deviations
+
+
 def test_random_compose_scale_comes_from_its_downsampler() -> None:
     op = D.RandomCompose(ops=[darken(), D.BicubicDownsample(scale=2)], p=[0.5, 1.0])
     degraded, _ = op(photo(3), generator())
@@ -521,6 +599,9 @@ def test_all_in_one_weights_and_scales() -> None:
     op = D.AllInOne(ops={"a": D.Identity(), "b": darken(), "c": D.Identity()}, weights=[0, 1, 0])
     _, type_ids = op(photo(8), generator())
     assert (type_ids == 1).all()
+    skewed = D.AllInOne(ops={"a": D.Identity(), "b": darken()}, weights=[1, 3])
+    _, type_ids = skewed(torch.zeros(2000, 3, 2, 2), generator())
+    assert abs((type_ids == 1).float().mean().item() - 0.75) < 0.04  # about 4 standard deviations
     with pytest.raises(ValueError, match="share one scale"):
         D.AllInOne(ops={"sr": D.BicubicDownsample(scale=2), "clean": D.Identity()})
     sr = D.AllInOne(

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from restoration.checkpoints import check_frozen_towers, frozen_tower_identity
 from restoration.errors import ConfigError
-from restoration.run import run
+from restoration.run import build_stage, run
 
 from .guide_models import TinyOpenClip, save_tiny_open_clip
 
@@ -34,8 +33,7 @@ TINY = (
 
 def _stage(cfg) -> torch.nn.Module:
     """The stage of ``cfg``, built as ``restoration.run`` builds it."""
-    extras = {name: instantiate(cfg[name]) for name in ("guide", "refiner")}
-    return instantiate(cfg.stage, net=instantiate(cfg.backbone), **extras)
+    return build_stage(cfg)
 
 
 def _guide(clip: TinyOpenClip) -> tuple[str, ...]:

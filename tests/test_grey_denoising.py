@@ -79,7 +79,7 @@ def test_grey_datamodule_makes_ground_truth_and_inputs_grey(tmp_path: Path) -> N
     torch.testing.assert_close(item["gt"], to_grey(read_image(tmp_path / "clean" / f"{name}.png")))
     assert item["lq"].min() < 0 or item["lq"].max() > 1  # sigma 25, unclipped
     batch = next(iter(module.train_dataloader()))
-    batch = module.on_after_batch_transfer(batch, 0)
+    batch = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
     assert _equal_channels(batch["gt"]) and _equal_channels(batch["lq"])
     # paired data: both sides are made grey
     paired = PairedFolders(lq_dir=str(tmp_path / "pairs" / "lq"), gt_dir=str(tmp_path / "pairs" / "gt"))

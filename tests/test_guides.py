@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from restoration.data.sources import ImageFolder, PairedFolders
@@ -38,6 +38,14 @@ from tests.guide_models import (
 )
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def guide_config(name: str) -> DictConfig:
+    """``conf/guide/<name>.yaml`` as the guide gets it: without ``input`` and ``cache``, which restoration.run
+    takes out (how PTG-RM gets the features; their defaults: the whole image's, cached)."""
+    config = OmegaConf.load(CONF / "guide" / f"{name}.yaml")
+    assert (config.pop("input"), config.pop("cache")) == ("frame", True)
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -207,13 +215,13 @@ def test_clip_guide_unreachable_hub_fails_fast(no_network: None, tmp_path: Path)
 
 
 def test_clip_config_composes_to_the_released_setting() -> None:
-    config = OmegaConf.load(CONF / "guide" / "clip.yaml")
+    config = guide_config("clip")
     assert config._target_ == "restoration.guides.clip.ClipGuide"
     assert (config.model, config.pretrained) == ("ViT-B-32", "openai")
 
 
 def test_clip_config_instantiates_with_local_weights(tiny_clip: TinyOpenClip) -> None:
-    config = OmegaConf.load(CONF / "guide" / "clip.yaml")
+    config = guide_config("clip")
     config.model, config.model_config, config.pretrained = (
         tiny_clip.model,
         str(tiny_clip.model_config),
@@ -291,7 +299,7 @@ def test_stable_diffusion_offline_without_weights_gives_one_clear_error(
 
 
 def test_stable_diffusion_config_instantiates_with_a_local_folder(tiny_sd: Path) -> None:
-    config = OmegaConf.load(CONF / "guide" / "stable_diffusion.yaml")
+    config = guide_config("stable_diffusion")
     config.model, config.resolution = str(tiny_sd), 32
     guide = instantiate(config)
     assert isinstance(guide, StableDiffusionGuide) and guide.dim == 40
@@ -358,7 +366,7 @@ def test_prior_bad_checkpoints_and_options(tmp_path: Path) -> None:
 
 
 def test_prior_config_instantiates(tmp_path: Path) -> None:
-    config = OmegaConf.load(CONF / "guide" / "prior.yaml")
+    config = guide_config("prior")
     assert OmegaConf.is_missing(config, "checkpoint")
     config.checkpoint = str(save_tiny_ipt_prior(tmp_path))
     config.task = "derain"

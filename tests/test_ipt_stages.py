@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from restoration.archs.ipt import IPT_TASKS
+from restoration.archs.ipt import IPT_TASKS, TASK_SCALES
+from restoration.data.degradations import TaskPerStep
 from restoration.errors import ConfigError
 from restoration.losses import L1Loss, PatchContrastiveLoss
 from restoration.run import build_stage, run
@@ -136,27 +137,53 @@ def test_patch_contrastive_loss_is_lower_for_matched_than_shuffled_tokens() -> N
 
 
 def test_task_draw_is_a_function_of_seed_and_step(make_config) -> None:
-    first = _stage(make_config("experiment=ipt_pretrain", *SMOKE))
-    again = _stage(make_config("experiment=ipt_pretrain", *SMOKE))
-    other_seed = _stage(make_config("experiment=ipt_pretrain", *SMOKE, "seed=7"))
-    draws = [first.task_at(step) for step in range(600)]
-    assert draws == [again.task_at(step) for step in range(600)]  # another process, a resumed run
-    assert draws != [other_seed.task_at(step) for step in range(600)]
-    counts = [draws.count(task) for task in IPT_TASKS]
+    tasks = instantiate(make_config("experiment=ipt_pretrain", *SMOKE).degradation)
+    assert isinstance(tasks, TaskPerStep) and tasks.names == IPT_TASKS and tasks.crop_size == 192
+    draws = [tasks.task_at(0, step) for step in range(600)]
+    assert draws == [tasks.task_at(0, step) for step in range(600)]  # another process, a resumed run
+    assert draws != [tasks.task_at(7, step) for step in range(600)]
+    counts = [draws.count(task) for task in range(len(IPT_TASKS))]
     assert min(counts) > 70 and max(counts) < 130  # uniform: 100 each
+
+
+def test_every_rank_and_micro_batch_of_a_step_reads_the_step_of_its_task(make_config) -> None:
+    """The datamodule maps a batch's stream position to its optimizer step: 2 ranks × 2 micro-batches."""
+    cfg = make_config("experiment=ipt_pretrain", *SMOKE)
+    datamodule = instantiate(cfg.datamodule, degradation=instantiate(cfg.degradation))
+    world_size, accumulate, batch = 2, 2, datamodule.batch_size
+    datamodule.trainer = SimpleNamespace(world_size=world_size, accumulate_grad_batches=accumulate)
+    for step in range(5):
+        for micro in range(accumulate):
+            for rank in range(world_size):
+                position = ((step * accumulate + micro) * world_size + rank) * batch
+                assert datamodule.optimizer_step_of(position) == step
+
+
+def test_the_data_makes_the_task_input_and_target_of_each_step(make_config) -> None:
+    cfg = make_config("experiment=ipt_pretrain", *SMOKE)
+    datamodule = instantiate(cfg.datamodule, degradation=instantiate(cfg.degradation))
+    clean = torch.rand(2, 3, 192, 192, generator=torch.Generator().manual_seed(0))
+    for step in range(8):
+        batch = {"gt": clean, "index": [step * 2, step * 2 + 1], "label": torch.full((2,), -1)}
+        batch = datamodule.on_after_batch_transfer(batch, 0)
+        scale = TASK_SCALES[batch["task"]]
+        assert batch["task"] == IPT_TASKS[datamodule.degradation.task_at(cfg.seed, step)]
+        assert batch["lq"].shape == (2, 3, 48, 48) and batch["gt"].shape == (2, 3, 48 * scale, 48 * scale)
+        assert batch["type"].tolist() == [IPT_TASKS.index(batch["task"])] * 2
 
 
 def test_pretrain_config_errors(make_config) -> None:
     cfg = make_config("experiment=ipt_pretrain", *SMOKE)
-    degradations = instantiate(cfg.stage.degradations)
-    net = instantiate(cfg.backbone)
-    options = {"net": net, "loss": L1Loss(), "contrastive": None, "optimizer": torch.optim.Adam}
-    without_rain = {task: op for task, op in degradations.items() if task != "derain"}
-    with pytest.raises(ConfigError, match=r"stage.degradations has the tasks .* but the IPT backbone has"):
-        IPTPretrainStage(degradations=without_rain, **options)
-    wrong_scale = {**degradations, "sr_x2": degradations["sr_x3"]}
+    tasks = instantiate(cfg.degradation)
+    stage = _stage(cfg)
+    ops = dict(zip(tasks.names, tasks.ops, strict=True))
+    without_rain = TaskPerStep(ops={task: op for task, op in ops.items() if task != "derain"})
+    with pytest.raises(ConfigError, match=r"degradation.ops has the tasks .* but the IPT backbone has"):
+        stage.check_tasks(without_rain)
     with pytest.raises(ConfigError, match=r"sr_x2 down-samples by 3 but task sr_x2 upscales by 2"):
-        IPTPretrainStage(degradations=wrong_scale, **options)
+        stage.check_tasks(TaskPerStep(ops={**ops, "sr_x2": ops["sr_x3"]}))
+    with pytest.raises(ConfigError, match=r"set degradation=ipt_tasks"):
+        stage.check_tasks(ops["sr_x2"])
     with pytest.raises(ConfigError, match="protocol='exact'"):
         IPTTiling(protocol="exact")
     with pytest.raises(ConfigError, match="set protocol=fast"):
@@ -177,17 +204,16 @@ def test_pretrain_loss_is_pixel_scale_times_l1_plus_a_tenth_of_the_contrastive_t
     monkeypatch.setattr(stage, "log", lambda name, value, **_: logged.__setitem__(name, value))
     monkeypatch.setattr(stage, "log_dict", lambda values, **_: logged.update(values))
     monkeypatch.setattr(stage, "checked_loss", lambda loss: loss)
-    batch = {
-        "gt": torch.rand(2, 3, 192, 192, generator=torch.Generator().manual_seed(0)),
-        "index": torch.tensor([0, 1]),
-    }
+    clean = torch.rand(2, 3, 192, 192, generator=torch.Generator().manual_seed(0))
+    batch = {"gt": clean, "index": [0, 1], "label": torch.full((2,), -1)}
+    batch = instantiate(cfg.datamodule, degradation=instantiate(cfg.degradation)).on_after_batch_transfer(
+        batch, 0
+    )
     with torch.no_grad():
         loss = stage.training_step(batch, 0)
-        # the parts, computed here from the same crop, degraded input and network
-        task = stage.task_at(0)
-        target = stage._random_crop(batch["gt"], 48 * stage.net.scale_of(task), batch)
-        degraded, _ = stage.degradations[task](target, stage._generator(target.device, batch))
-        restored, tokens = stage.net(degraded, task, return_tokens=True)
+        # the parts, computed here from the same batch and network
+        target = batch["gt"]
+        restored, tokens = stage.net(batch["lq"], batch["task"], return_tokens=True)
         l1 = (restored - target).abs().mean()
         contrastive = PatchContrastiveLoss(temperature=0.07, base_temperature=0.07)(tokens)
     assert loss.item() == pytest.approx(expected_scale * l1.item() + 0.1 * contrastive.item(), rel=1e-5)
@@ -196,7 +222,6 @@ def test_pretrain_loss_is_pixel_scale_times_l1_plus_a_tenth_of_the_contrastive_t
     with pytest.raises(ConfigError, match=r"stage.pixel_scale=0"):
         IPTPretrainStage(
             net=stage.net,
-            degradations=stage.degradations,
             loss=L1Loss(),
             contrastive=None,
             optimizer=torch.optim.Adam,
@@ -206,7 +231,7 @@ def test_pretrain_loss_is_pixel_scale_times_l1_plus_a_tenth_of_the_contrastive_t
 
 def test_pretrain_with_small_crops_says_which_crop_size(make_config) -> None:
     cfg = make_config("experiment=ipt_pretrain", *SMOKE, "datamodule.crop_size=40")
-    with pytest.raises(ConfigError, match=r"crops of \d+×\d+ .* gives 40×40; set datamodule.crop_size=192"):
+    with pytest.raises(ConfigError, match=r"crop_size=40 but the tasks .* set datamodule.crop_size=192"):
         run(cfg)
 
 

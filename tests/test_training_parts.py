@@ -130,14 +130,21 @@ def test_stage_optimises_only_the_network() -> None:
     assert not optimised & {id(param) for param in stage.ema.parameters()}
 
 
-def test_divergence_check_skips_the_step_and_stops() -> None:
+def test_divergence_is_noted_on_the_device_and_read_only_when_asked() -> None:
     stage = RestoreStage(net=UNet(width=8, levels=2, blocks=1), loss=L1Loss(), optimizer=torch.optim.AdamW)
     strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision)
     trainer = SimpleNamespace(strategy=strategy, should_stop=False, global_step=7)
     stage.__dict__["_trainer"] = trainer  # what Lightning attaches; enough for checked_loss
-    assert stage.checked_loss(torch.tensor(0.5)) is not None and not trainer.should_stop
-    assert stage.checked_loss(torch.tensor(float("inf"))) is None
-    assert trainer.should_stop and stage.diverged_at == (7, float("inf"))
+    loss = torch.tensor(0.5)
+    assert stage.checked_loss(loss) is loss and not stage.detect_divergence() and not trainer.should_stop
+    trainer.global_step = 8
+    infinite = torch.tensor(float("inf"))
+    assert stage.checked_loss(infinite) is infinite  # the step goes on: nothing was read
+    trainer.global_step = 9
+    stage.checked_loss(torch.tensor(float("nan")))  # a later bad step does not replace the first
+    assert not trainer.should_stop and stage.diverged_at is None
+    assert stage.detect_divergence()
+    assert trainer.should_stop and stage.diverged_at == (8, float("inf"))
 
 
 def test_checkpoint_ranking_survives_a_new_run_folder(tmp_path) -> None:

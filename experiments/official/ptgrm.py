@@ -37,7 +37,8 @@ _CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _import_low_light_transformer(root: str | Path) -> types.ModuleType:
-    return import_official(root, "models/archs/low_light_transformer648_final.py")
+    # cv2 is imported by the file but unused by the networks
+    return import_official(root, "models/archs/low_light_transformer648_final.py", stub_modules=("cv2",))
 
 
 _import_official = functools.cache(_import_low_light_transformer)

@@ -79,6 +79,30 @@ def spatially_varying_conv(features: torch.Tensor, kernels: torch.Tensor) -> tor
     return (neighbours * kernels.view(batch, channels, taps, height, width)).sum(dim=2)
 
 
+def _condition_conv(
+    conv: nn.Conv2d, features: torch.Tensor, guide: torch.Tensor, positions: torch.Tensor | None
+) -> torch.Tensor:
+    """``conv`` (3×3, zero padding, no bias) over concat(features, guide tiled over the image, positions).
+
+    The official code concatenates the N×C×H×W features, the N×G guide projection repeated at every pixel
+    and the position embedding repeated for every image, and convolves the whole stack. The guide's
+    channels are constant over the image, so their share of the convolution is, at each pixel, the sum of
+    the kernel taps that fall inside the image, weighted by the guide: a convolution of an all-ones image
+    with per-image 3×3 kernels. The position channels are the same for every image: convolved once. Only
+    the features pay a full convolution (PTG-CSA's ``mapp11``: 16 of its 96 input channels), and the
+    result equals the official stack's to float32 rounding.
+    """
+    width, guide_width = features.shape[1], guide.shape[1]
+    weight = conv.weight
+    out = F.conv2d(features, weight[:, :width], padding=1)
+    taps = torch.einsum("ocyx,nc->noyx", weight[:, width : width + guide_width], guide)
+    ones = features.new_ones(1, 1, *features.shape[-2:])
+    out = out + F.conv2d(ones, taps.reshape(-1, 1, *taps.shape[-2:]), padding=1).view_as(out)
+    if positions is not None:
+        out = out + F.conv2d(positions, weight[:, width + guide_width :], padding=1)
+    return out
+
+
 def _osf_projection(osf_dim: int, out_features: int) -> tuple[nn.Linear, nn.Linear]:
     return nn.Linear(osf_dim, _OSF_HIDDEN, bias=False), nn.Linear(_OSF_HIDDEN, out_features, bias=False)
 
@@ -252,14 +276,14 @@ class PTGRM(nn.Module):
 
     def _spatially_varying_enhancement(self, features: torch.Tensor, osf: torch.Tensor) -> torch.Tensor:
         """PTG-SVE: ``M·long_range + (1−M)·short_range`` with M from the features, T_m(g) and S_m."""
-        condition = [
-            features,
-            self._tiled(self.mapp_space2(F.leaky_relu(self.mapp_space1(osf), _SLOPE)), features),
-        ]
-        if self.use_position:
-            condition.append(self._embed_positions(self.mapp_position1, self.mapp_position2, features))
+        guide = self.mapp_space2(F.leaky_relu(self.mapp_space1(osf), _SLOPE))
+        positions = (
+            self._embed_positions(self.mapp_position1, self.mapp_position2, features)
+            if self.use_position
+            else None
+        )
         range_map = torch.sigmoid(
-            self.r2_mask(F.leaky_relu(self.r1_mask(torch.cat(condition, dim=1)), _SLOPE))
+            self.r2_mask(F.leaky_relu(_condition_conv(self.r1_mask, features, guide, positions), _SLOPE))
         )
         long_range = self.transformer(features)
         short_range = self.resnet(features)
@@ -274,10 +298,14 @@ class PTGRM(nn.Module):
             logits = self.mapping12(F.leaky_relu(self.mapping11(torch.cat([pooled, guide], dim=1)), _SLOPE))
             attended.append(features * torch.sigmoid(logits)[..., None, None])
         if self.use_spatial_attention:
-            condition = [features, self._tiled(guide, features)]
-            if self.use_position:
-                condition.append(self._embed_positions(self.mapp_position11, self.mapp_position22, features))
-            kernels = self.mapp12(F.leaky_relu(self.mapp11(torch.cat(condition, dim=1)), _SLOPE))
+            positions = (
+                self._embed_positions(self.mapp_position11, self.mapp_position22, features)
+                if self.use_position
+                else None
+            )
+            kernels = self.mapp12(
+                F.leaky_relu(_condition_conv(self.mapp11, features, guide, positions), _SLOPE)
+            )
             filtered = spatially_varying_conv(features, kernels)
             attended.append(features * torch.sigmoid(self.mapp1(F.leaky_relu(filtered, _SLOPE))))
         fused = self.refine11(torch.cat(attended, dim=1))
@@ -290,15 +318,11 @@ class PTGRM(nn.Module):
         return F.leaky_relu(self.conv_last2(features), _SLOPE)
 
     @staticmethod
-    def _tiled(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return vectors[..., None, None].expand(-1, -1, *like.shape[-2:])
-
-    @staticmethod
     def _embed_positions(first: nn.Conv2d, second: nn.Conv2d, like: torch.Tensor) -> torch.Tensor:
         """S(grid): channel 0 of the grid runs from −1 to 1 down the rows, channel 1 along the columns."""
         height, width = like.shape[-2:]
         rows = torch.linspace(-1, 1, height, device=like.device, dtype=like.dtype)
         cols = torch.linspace(-1, 1, width, device=like.device, dtype=like.dtype)
         grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"))[None]
-        # The grid is the same for every image: embed it once and share it across the batch.
-        return second(F.leaky_relu(first(grid), _SLOPE)).expand(len(like), -1, -1, -1)
+        # The grid is the same for every image: embed it once (1×C×H×W), shared across the batch.
+        return second(F.leaky_relu(first(grid), _SLOPE))

@@ -1,25 +1,35 @@
 """The datamodule: sources per split, loaders, and degradation synthesis on the training device.
 
-Training batches of clean images leave the loader as ``{"gt", "index", "label"}`` and are
-degraded in :meth:`RestorationDataModule.on_after_batch_transfer`, i.e. after Lightning moved
-them to the training device, so synthesis runs batched on the GPU and scales with GPUs. The
-generator is re-seeded from ``(seed, first stream position of the batch)``: deterministic,
-different on every rank and micro-batch, and nothing to checkpoint.
+The datamodule makes every input a stage sees; a stage only computes. Training batches of clean images
+leave the loader as ``{"gt", "index", "label"}`` (and ``key``, an independent view, with ``key_view``) and
+are degraded in :meth:`RestorationDataModule.on_after_batch_transfer`, i.e. after Lightning moved them to the
+training device, so synthesis runs batched on the GPU and scales with GPUs. The generator is re-seeded from
+``(seed, first stream position of the batch)``: deterministic, different on every rank and micro-batch, and
+nothing to checkpoint. With :class:`~restoration.data.degradations.TaskPerStep` (IPT) the same hook draws the
+optimizer step's task, takes its window of the clean crops and degrades it, and the batch carries ``task``.
 
-Every batch reaching a stage holds ``lq`` (N×3×h×w), ``gt`` (N×3×H×W), ``index``, ``label``
-(class label or -1) and ``type`` (degradation type id, see :attr:`degradation_names`).
+``index`` stays on the host (:meth:`RestorationDataModule.on_before_batch_transfer` makes it a list), so
+seeding from it never waits for the device. Every batch reaching a stage is a
+:class:`~restoration.data.batch.Batch`: ``lq`` (N×3×h×w), ``gt`` (N×3×H×W), ``index``, ``label`` (class
+label or -1) and ``type`` (degradation type id, see :attr:`degradation_names`).
+
+With a guide attached (:meth:`RestorationDataModule.attach_features`, PTG-RM's ``guide.input=frame``), the
+guide's feature of every paired training and validation image's whole degraded image is computed once in
+``setup`` (and kept on disk when a cache folder is given), and every sample carries its image's row as
+``osf``: the stage then never runs the guide in a training step.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from restoration.data.batch import Batch, Stream, stream_seed
 from restoration.data.datasets import (
     ShardSampler,
     StreamBatchSampler,
@@ -27,21 +37,15 @@ from restoration.data.datasets import (
     TaskMixCrops,
     TrainCrops,
     WholeImages,
-    stream_seed,
 )
-from restoration.data.degradations import Degradation
+from restoration.data.degradations import Degradation, TaskPerStep
 from restoration.data.sources import ImageSource
-from restoration.errors import ConfigError
+from restoration.errors import ConfigError, DataError
 from restoration.signals import leave_sigterm_to_main_process
 
 __all__ = ["MixedPairedDataModule", "RestorationDataModule"]
 
 log = logging.getLogger(__name__)
-
-# Tags the degradation stream so it never shares a seed with the crop stream of the same position.
-_DEGRADATION_STREAM = 1
-# Tags the seeds of the loader workers' generators (one stream per rank).
-_WORKER_STREAM = 2
 
 
 class RestorationDataModule(pl.LightningDataModule):
@@ -73,6 +77,14 @@ class RestorationDataModule(pl.LightningDataModule):
             bits, as PIL's ``"L"`` and OpenCV give it, on three equal channels
             (:func:`~restoration.data.datasets.to_grey`); the grey denoising benchmarks, whose ground truth
             is grey too.
+        crop: training crops: ``"random"`` windows of ``crop_size``, or ``"resized"`` (torchvision's
+            RandomResizedCrop to ``crop_size``, of ``crop_scale`` of the area and ``crop_ratio`` aspect).
+        resize: resize each training image so its shorter side has this many pixels before cropping
+            (``None``: as they are). ConStyle v2: 256, then a resized crop of 224.
+        crop_scale: area fraction range of the ``"resized"`` crop (torchvision's default).
+        crop_ratio: aspect-ratio range of the ``"resized"`` crop (torchvision's default).
+        key_view: training batches also carry ``key``, a second crop of each clean image drawn independently
+            of the first (ConStyle v2's positive view).
     """
 
     def __init__(
@@ -98,6 +110,11 @@ class RestorationDataModule(pl.LightningDataModule):
         eval_crop: int | None = None,
         eval_every_type: bool = False,
         grey: bool = False,
+        crop: str = "random",
+        resize: int | None = None,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        key_view: bool = False,
     ) -> None:
         super().__init__()
         if crop_size < 1 or batch_size < 1 or num_workers < 0:
@@ -124,14 +141,59 @@ class RestorationDataModule(pl.LightningDataModule):
         self.eval_crop = eval_crop
         self.eval_every_type = eval_every_type
         self.grey = grey
+        self.crop = crop
+        self.resize = resize
+        self.crop_scale = tuple(crop_scale)
+        self.crop_ratio = tuple(crop_ratio)
+        self.key_view = key_view
         self.datasets: dict[str, Dataset] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._warned_unused_degradation = False
+        self.features: Callable[..., torch.Tensor] | None = None
+        # the features of each source, by id: the test split is the val source by default
+        self._features: dict[int, torch.Tensor] = {}
+
+    @property
+    def paired_training(self) -> bool:
+        """Whether the training images are read as pairs (else their degraded views are synthesized)."""
+        train = self.sources["train"]
+        return train is None or train.paired
+
+    def attach_features(self, features: Callable[..., torch.Tensor]) -> None:
+        """Give each paired training and validation sample ``osf``, a guide's feature of its whole LQ image.
+
+        ``features(source, device=, grey=, skip_bad_files=)`` gives the N×D table of a scanned paired source,
+        row i = image i: :func:`restoration.guides.cache.precompute` with the guide and its cache folder
+        bound (``restoration.run`` binds them). :meth:`setup` calls it once per source, on the training
+        device. Training data synthesized every step has no fixed degraded image: a ConfigError.
+        """
+        if not self.paired_training:
+            raise ConfigError(
+                f"guide.input=frame encodes each whole degraded image once, but datamodule {self.name} "
+                f"synthesizes its degraded images anew every step (degradation "
+                f"{'/'.join(self.degradation_names)}); set guide.input=crop, or train on paired data"
+            )
+        self.features = features
 
     @property
     def degradation_names(self) -> tuple[str, ...]:
         """Names of the degradation type ids found in ``batch["type"]``."""
         return self.degradation.names if self.degradation is not None else (self.name,)
+
+    def prepare_data(self) -> None:
+        """One process per node, before every rank's ``setup``: folder sources write their header index.
+
+        A missing folder or unmatched pairs are left to ``setup``, which reports them on every rank (a rank
+        failing here alone would leave the others waiting at Lightning's barrier).
+        """
+        for source in self._all_sources():
+            try:
+                source.prepare()
+            except DataError:
+                continue
+
+    def _all_sources(self) -> list[ImageSource]:
+        return [source for source in self.sources.values() if source is not None]
 
     def setup(self, stage: str) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[
@@ -163,9 +225,24 @@ class RestorationDataModule(pl.LightningDataModule):
             degradation=self.degradation,
             seed=self.val_seed,
             crop=self.eval_crop,
-            every_type=self.eval_every_type,
+            # one task per step (IPT) is evaluated on every task
+            every_type=self.eval_every_type or isinstance(self.degradation, TaskPerStep),
             grey=self.grey,
+            osf=self._features_of(source),
         )
+
+    def _features_of(self, source: ImageSource) -> torch.Tensor | None:
+        """The attached features of a scanned paired ``source``'s images (``None``: none attached, or
+        synthesized images, whose whole image the stage's guide sees at validation anyway)."""
+        if self.features is None or not source.paired:
+            return None
+        if id(source) not in self._features:
+            # the training device, known before Lightning moves the stage (and its guide) there
+            device = self.trainer.strategy.root_device if self.trainer is not None else None
+            self._features[id(source)] = self.features(
+                source, device=device, grey=self.grey, skip_bad_files=self.skip_bad_files
+            )
+        return self._features[id(source)]
 
     def _prepare(self, source: ImageSource, split: str, task: str | None = None) -> None:
         """Scan ``source`` (once), warn when a configured degradation goes unused, log the split's size."""
@@ -188,6 +265,13 @@ class RestorationDataModule(pl.LightningDataModule):
         )
 
     def _train_crops(self, source: ImageSource, *, seed: int) -> TrainCrops:
+        tasks = self.degradation
+        if isinstance(tasks, TaskPerStep) and self.crop_size < tasks.crop_size:
+            raise ConfigError(
+                f"datamodule {self.name}: crop_size={self.crop_size} but the tasks {list(tasks.names)} need "
+                f"clean crops of {tasks.crop_size} ({tasks.patch_size} × the largest scale); "
+                f"set datamodule.crop_size={tasks.crop_size}"
+            )
         return TrainCrops(
             source,
             crop_size=self.crop_size,
@@ -199,6 +283,12 @@ class RestorationDataModule(pl.LightningDataModule):
             cache_images=self.cache_images,
             skip_bad_files=self.skip_bad_files,
             grey=self.grey,
+            crop=self.crop,
+            resize=self.resize,
+            crop_scale=self.crop_scale,
+            crop_ratio=self.crop_ratio,
+            key_view=self.key_view,
+            osf=self._features_of(source),
         )
 
     def _data_scale(self, source: ImageSource) -> int:
@@ -250,24 +340,44 @@ class RestorationDataModule(pl.LightningDataModule):
             # Starting an iteration draws the workers' seeds from this generator rather than the global
             # one, which then serves the network alone (dropout): validations, and resuming (which starts
             # iterations an uninterrupted run does not), leave the network's random stream as it was.
-            generator=torch.Generator().manual_seed(stream_seed(self.seed, rank, _WORKER_STREAM)),
+            generator=torch.Generator().manual_seed(stream_seed(self.seed, rank, Stream.WORKER)),
             **kwargs,
         )
 
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+    def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        # the indices stay on the host: seeding from them must not wait for the device
+        batch["index"] = batch["index"].tolist()
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> Batch:
         if "lq" in batch:
-            return batch
+            return batch  # type: ignore[return-value]
         if self.degradation is None:
             raise ConfigError(
                 f"datamodule {self.name}: clean training images but no degradation is configured"
             )
         gt = batch["gt"]
+        position = batch["index"][0]
         generator = self._generators.get(gt.device)
         if generator is None:
             generator = self._generators[gt.device] = torch.Generator(device=gt.device)
-        generator.manual_seed(stream_seed(self.seed, int(batch["index"][0]), _DEGRADATION_STREAM))
+        generator.manual_seed(stream_seed(self.seed, position, Stream.DEGRADATION))
+        if isinstance(self.degradation, TaskPerStep):
+            task = self.degradation.task_at(self.seed, self.optimizer_step_of(position))
+            batch["lq"], batch["gt"], batch["type"] = self.degradation.make(
+                gt, task=task, position=position, seed=self.seed, generator=generator
+            )
+            batch["task"] = self.degradation.names[task]
+            return batch  # type: ignore[return-value]
         batch["lq"], batch["type"] = self.degradation(gt, generator)
-        return batch
+        return batch  # type: ignore[return-value]
+
+    def optimizer_step_of(self, position: int) -> int:
+        """The optimizer step that reads stream position ``position`` (see :class:`StreamBatchSampler`)."""
+        world_size, accumulate = 1, 1
+        if self.trainer is not None:
+            world_size, accumulate = self.trainer.world_size, self.trainer.accumulate_grad_batches
+        return position // (self.batch_size * world_size) // accumulate
 
 
 _TASK_KEYS = ("root", "train", "val", "test")
@@ -338,6 +448,9 @@ class MixedPairedDataModule(RestorationDataModule):
     def degradation_names(self) -> tuple[str, ...]:
         return tuple(self.tasks)
 
+    def _all_sources(self) -> list[ImageSource]:
+        return [source for splits in self.tasks.values() for source in splits.values() if source is not None]
+
     def _build(self, split: str) -> TaskMixCrops | TaggedImages:
         if split == "train":
             crops = []
@@ -357,7 +470,12 @@ class MixedPairedDataModule(RestorationDataModule):
                 (
                     task,
                     WholeImages(
-                        source, degradation=None, seed=self.val_seed, crop=self.eval_crop, grey=self.grey
+                        source,
+                        degradation=None,
+                        seed=self.val_seed,
+                        crop=self.eval_crop,
+                        grey=self.grey,
+                        osf=self._features_of(source),
                     ),
                 )
             )

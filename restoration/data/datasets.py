@@ -2,7 +2,8 @@
 
 Training reads an endless stream of random crops. A sample's content is a pure function of
 ``(seed, position)``: position ``p`` is image ``permutation(epoch)[p % n]`` of epoch ``p // n``,
-and its crop and flips come from a generator seeded with ``(seed, p)``. Step ``s`` on rank ``r``
+and its crop and flips come from a generator seeded with ``(seed, p)`` (each draw has its own
+:class:`~restoration.data.batch.Stream` tag). Step ``s`` on rank ``r``
 of ``W`` ranks with batch ``B`` reads positions ``(s·W + r)·B ... + B``, so a run resumed at step
 ``s`` reads exactly the batches an uninterrupted run would, whatever the number of workers.
 
@@ -16,15 +17,17 @@ ground truth of a grey benchmark is grey too, not only its input.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from restoration.data.batch import Stream, stream_seed
 from restoration.data.degradations import Degradation
 from restoration.data.sources import ImageSource
-from restoration.errors import DataError
+from restoration.errors import ConfigError, DataError
 
 __all__ = [
     "DegradedImages",
@@ -34,25 +37,15 @@ __all__ = [
     "TaskMixCrops",
     "TrainCrops",
     "WholeImages",
+    "random_resized_box",
     "stream_seed",
     "to_grey",
 ]
 
 log = logging.getLogger(__name__)
 
-_MASK64 = (1 << 64) - 1
 # ITU-R BT.601 luma weights, those of PIL's convert("L") and OpenCV's RGB2GRAY / IMREAD_GRAYSCALE.
 _GREY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def stream_seed(*values: int) -> int:
-    """Mix integers into one 63-bit seed (SplitMix64 finaliser), stable across processes."""
-    state = 0x9E3779B97F4A7C15
-    for value in values:
-        state = (state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
-        state ^= state >> 29
-    return state >> 1
 
 
 def to_grey(image: torch.Tensor) -> torch.Tensor:
@@ -71,6 +64,49 @@ def _generator(*values: int) -> torch.Generator:
     return torch.Generator().manual_seed(stream_seed(*values))
 
 
+_CROPS = ("random", "resized")
+
+
+def _resize_shorter_side(image: torch.Tensor, side: int) -> torch.Tensor:
+    """``image`` resized (bilinear, antialiased) so that its shorter side is ``side`` pixels."""
+    height, width = image.shape[1:]
+    factor = side / min(height, width)
+    size = (max(side, round(height * factor)), max(side, round(width * factor)))
+    resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].clamp(0, 1)
+
+
+def random_resized_box(
+    height: int,
+    width: int,
+    *,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a box as torchvision's RandomResizedCrop draws it (else central)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        draws = torch.rand(2, generator=generator).tolist()
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
+        box_width = round(math.sqrt(target_area * aspect))
+        box_height = round(math.sqrt(target_area / aspect))
+        if 0 < box_width <= width and 0 < box_height <= height:
+            top = int(torch.randint(height - box_height + 1, (1,), generator=generator))
+            left = int(torch.randint(width - box_width + 1, (1,), generator=generator))
+            return top, left, box_height, box_width
+    aspect = width / height
+    if aspect < ratio[0]:
+        box_width, box_height = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        box_height, box_width = height, round(height * ratio[1])
+    else:
+        box_width, box_height = width, height
+    return (height - box_height) // 2, (width - box_width) // 2, box_height, box_width
+
+
 class TrainCrops(Dataset):
     """Random ``crop_size`` crops (GT pixels) with flips, indexed by stream position.
 
@@ -87,6 +123,18 @@ class TrainCrops(Dataset):
         cache_images: keep decoded images in memory (per worker); for small datasets.
         skip_bad_files: an image that fails to decode is replaced by the next one, with a warning.
         grey: make the crops grey (:func:`to_grey`; LQ and GT of paired data alike).
+        crop: ``"random"`` (a ``crop_size`` window) or ``"resized"`` (torchvision's RandomResizedCrop: a
+            box of ``crop_scale`` of the area and ``crop_ratio`` aspect, resized to ``crop_size``; clean
+            images only).
+        resize: first resize each image so its shorter side has this many pixels (bilinear, antialiased,
+            as torchvision's ``Resize`` on PIL images); ``None`` keeps the images as they are.
+        crop_scale: area fraction range of the ``"resized"`` crop.
+        crop_ratio: aspect-ratio range of the ``"resized"`` crop.
+        key_view: also give ``key``, a second crop of the same clean image drawn independently of the first
+            (ConStyle v2's positive view: the official recipe crops the query and the key independently).
+        osf: N×D features of the source's whole degraded images (row i: image i, paired sources), given to
+            each crop of image i as ``osf`` (PTG-RM's cached guide features,
+            :func:`~restoration.guides.cache.precompute`); ``None``: none.
     """
 
     def __init__(
@@ -102,12 +150,41 @@ class TrainCrops(Dataset):
         cache_images: bool = False,
         skip_bad_files: bool = False,
         grey: bool = False,
+        crop: str = "random",
+        resize: int | None = None,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        key_view: bool = False,
+        osf: torch.Tensor | None = None,
     ) -> None:
         if crop_size % scale:
             raise DataError(
                 f"crop_size {crop_size} is not a multiple of the scale {scale}; choose e.g. {scale * 48}"
             )
+        if crop not in _CROPS:
+            raise ConfigError(f"datamodule.crop={crop!r}; expected one of {list(_CROPS)}")
+        low, high = crop_scale
+        if not 0.0 < low <= high <= 1.0 or not 0.0 < crop_ratio[0] <= crop_ratio[1]:
+            raise ConfigError(
+                f"datamodule.crop_scale={list(crop_scale)}, datamodule.crop_ratio={list(crop_ratio)}; "
+                "expected area fractions 0 < low <= high <= 1 and a positive ratio range"
+            )
+        if (crop == "resized" or key_view or resize is not None) and source.paired:
+            raise ConfigError(
+                f"{source.description} is paired: datamodule.crop=resized, resize and key_view need clean "
+                "images (their LQ view is synthesized after the crop)"
+            )
+        if resize is not None and resize < crop_size and crop == "random":
+            raise ConfigError(
+                f"datamodule.resize={resize} is below crop_size={crop_size}; raise resize or lower crop_size"
+            )
+        self.crop = crop
+        self.resize = resize
+        self.crop_scale = (float(low), float(high))
+        self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
+        self.key_view = key_view
         self.source = source
+        self.osf = _checked_features(osf, source)
         self.crop_size = crop_size
         self.scale = scale
         self.hflip = hflip
@@ -124,6 +201,8 @@ class TrainCrops(Dataset):
     def _usable_indices(self, on_small: str) -> list[int]:
         if on_small not in ("error", "skip", "resize"):
             raise DataError(f"on_small={on_small!r}; expected 'error', 'skip' or 'resize'")
+        if self.resize is not None or self.crop == "resized":
+            return list(range(len(self.source)))  # every image is resized to fit
         small = [i for i in range(len(self.source)) if min(self.source.size(i)) < self.crop_size]
         if small and on_small == "error":
             height, width = self.source.size(small[0])
@@ -145,14 +224,19 @@ class TrainCrops(Dataset):
     def _image_at(self, position: int) -> int:
         epoch, offset = divmod(position, len(self.indices))
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, torch.randperm(len(self.indices), generator=_generator(self.seed, epoch)))
+            self._order = (
+                epoch,
+                torch.randperm(len(self.indices), generator=_generator(self.seed, epoch, Stream.ORDER)),
+            )
         return self.indices[int(self._order[1][offset])]
 
     def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if index in self._cache:
             return self._cache[index]
         gt, lq = self.source.read(index)
-        if self.on_small == "resize" and min(gt.shape[1:]) < self.crop_size:
+        if self.resize is not None:
+            gt = _resize_shorter_side(gt, self.resize)
+        elif self.on_small == "resize" and min(gt.shape[1:]) < self.crop_size:
             gt, lq = self._enlarge(gt, lq)
         if self.cache_images:
             self._cache[index] = (gt, lq)
@@ -180,7 +264,9 @@ class TrainCrops(Dataset):
                 index = self._image_at(position + attempt + 1)
         else:
             raise DataError(f"{self.source.description}: no training image could be read")
-        generator = _generator(self.seed, position)
+        generator = _generator(self.seed, position, Stream.CROP)
+        if lq is None and (self.crop == "resized" or self.key_view):
+            return self._views(gt, position, index, generator)
         patch = self.crop_size if lq is None else self.crop_size // self.scale
         reference = gt if lq is None else lq
         top, left = (
@@ -201,7 +287,41 @@ class TrainCrops(Dataset):
         if lq is not None:
             sample["lq"] = self._augment(lq, flips)
             sample["type"] = 0
+        if self.osf is not None:
+            sample["osf"] = self.osf[index]
         return sample
+
+    def _views(
+        self, image: torch.Tensor, position: int, index: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor | int]:
+        """The crop of clean ``image`` (``gt``), and with ``key_view`` a second one drawn independently."""
+        sample: dict[str, torch.Tensor | int] = {"index": position, "label": self.source.label(index)}
+        views = {"gt": generator}
+        if self.key_view:
+            views["key"] = _generator(self.seed, position, Stream.VIEW)
+        for key, draws in views.items():
+            view = self._crop(image, draws)
+            if self.grey:
+                view = to_grey(view)
+            sample[key] = self._augment(view, torch.rand(3, generator=draws) < 0.5)
+        return sample
+
+    def _crop(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One ``crop_size`` crop of a clean image: a random window, or a random resized box."""
+        height, width = image.shape[1:]
+        if self.crop == "random":
+            top, left = (
+                int(torch.randint(side - self.crop_size + 1, (1,), generator=generator))
+                for side in (height, width)
+            )
+            return image[:, top : top + self.crop_size, left : left + self.crop_size]
+        top, left, box_height, box_width = random_resized_box(
+            height, width, scale=self.crop_scale, ratio=self.crop_ratio, generator=generator
+        )
+        box = image[None, :, top : top + box_height, left : left + box_width]
+        size = (self.crop_size, self.crop_size)
+        resized = F.interpolate(box, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return resized[0].clamp(0, 1)
 
     def _augment(self, image: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         if self.hflip and flips[0]:
@@ -228,6 +348,8 @@ class WholeImages(Dataset):
             image under every type (``len(source) × len(names)`` items named ``<image>_<type>``) instead of
             under the one type its seed draws, so that each type's score covers every image.
         grey: make the images grey (:func:`to_grey`) before degrading them; paired LQ images too.
+        osf: N×D features of the source's whole degraded images (row i: image i, paired sources), given to
+            item i as ``osf``; with ``crop`` still the feature of the whole image.
     """
 
     def __init__(
@@ -239,6 +361,7 @@ class WholeImages(Dataset):
         crop: int | None = None,
         every_type: bool = False,
         grey: bool = False,
+        osf: torch.Tensor | None = None,
     ) -> None:
         if not source.paired and degradation is None:
             raise DataError(f"{source.description} holds clean images but no degradation is configured")
@@ -249,6 +372,7 @@ class WholeImages(Dataset):
         self.seed = seed
         self.crop = crop
         self.grey = grey
+        self.osf = _checked_features(osf, source)
         names = getattr(degradation, "names", None) if every_type and not source.paired else None
         if every_type and not source.paired and not (names and hasattr(degradation, "ops")):
             raise DataError(
@@ -275,7 +399,7 @@ class WholeImages(Dataset):
             gt = gt[:, : gt.shape[1] - gt.shape[1] % scale, : gt.shape[2] - gt.shape[2] % scale]
             degraded, types = self.degradation(gt[None], _generator(self.seed, index))
             lq, degradation_type = degraded[0], int(types[0])
-        return {
+        item = {
             "lq": lq,
             "gt": gt,
             "index": index,
@@ -283,6 +407,9 @@ class WholeImages(Dataset):
             "label": self.source.label(index),
             "type": degradation_type,
         }
+        if self.osf is not None:
+            item["osf"] = self.osf[index]
+        return item
 
     def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         gt, lq = self.source.read(index)
@@ -307,6 +434,22 @@ class WholeImages(Dataset):
             "label": self.source.label(image),
             "type": type_id,
         }
+
+
+def _checked_features(osf: torch.Tensor | None, source: ImageSource) -> torch.Tensor | None:
+    """``osf`` if it has one row per image of the paired ``source`` (or is ``None``)."""
+    if osf is None:
+        return None
+    if not source.paired:
+        raise ConfigError(
+            f"{source.description}: cached features need paired images (osf={tuple(osf.shape)})"
+        )
+    if osf.ndim != 2 or len(osf) != len(source):
+        raise ValueError(
+            f"{source.description}: osf of shape {tuple(osf.shape)}; expected one row per image "
+            f"({len(source)} images)"
+        )
+    return osf
 
 
 def _centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -335,17 +478,15 @@ def _centre_crop_pair(gt: torch.Tensor, lq: torch.Tensor, size: int) -> tuple[to
 class TaskMixCrops(Dataset):
     """Training crops of several tasks (one dataset each): each sample draws its task uniformly.
 
-    The task of stream position ``p`` is drawn from a generator seeded with ``(seed, p)`` of its own
-    stream, then the task's crops give position ``p`` (an image of that task, cropped and flipped), so a
-    sample stays a pure function of ``(seed, position)`` and resuming works as for :class:`TrainCrops`.
+    The task of stream position ``p`` is drawn from a generator seeded with ``(seed, p, Stream.MIX)``, then
+    the task's crops give position ``p`` (an image of that task, cropped and flipped), so a sample stays a
+    pure function of ``(seed, position)`` and resuming works as for :class:`TrainCrops`.
     Every sample carries ``type`` = its task's index.
 
     Args:
         tasks: one :class:`TrainCrops` per task, in type-id order.
         seed: data seed of the run.
     """
-
-    _TASK_STREAM = 2
 
     def __init__(self, tasks: list[TrainCrops], *, seed: int = 0) -> None:
         if not tasks:
@@ -358,7 +499,7 @@ class TaskMixCrops(Dataset):
 
     def task_at(self, position: int) -> int:
         """The task index drawn for stream position ``position``."""
-        generator = _generator(self.seed, position, self._TASK_STREAM)
+        generator = _generator(self.seed, position, Stream.MIX)
         return int(torch.randint(len(self.tasks), (1,), generator=generator))
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor | int]:

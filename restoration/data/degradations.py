@@ -5,6 +5,15 @@ device, draws its own parameters for each sample, and returns ``(degraded, type_
 from the generator, so a seed reproduces a batch bit for bit (splats are accumulated in fixed point for that
 reason: CUDA's atomic float adds are unordered).
 
+Nothing here waits for the device, except the libjpeg/nvjpeg codec of :class:`JPEG` (host work by nature).
+Pixel-level randomness (noise fields, kernels, per-sample strengths used only in tensor math) is drawn on the
+device. Choices that steer the host's control flow (which op or which samples, the order of a chain, a
+severity level, a resize, a JPEG quality) are drawn on the host from a ``random.Random`` seeded by the
+generator's state (:func:`_host_random`), never read back from the device: reading a device value
+(``.tolist()``, ``nonzero``, boolean indexing) would stall a GPU until it has caught up. Sample subsets are
+gathered with index tensors copied from the host (from pinned memory on CUDA, so the copy queues behind the
+kernels instead of waiting for them).
+
 What each operation implements, and where it comes from:
 
 - :class:`BicubicDownsample` — MATLAB's ``imresize(img, 1/s, 'bicubic')`` (Keys, "Cubic convolution
@@ -50,15 +59,19 @@ Ranges are given as a fixed value or ``[lo, hi]`` and are drawn uniformly per sa
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
-from collections.abc import Mapping, Sequence
+import random
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import kornia
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.io
 from torch import Tensor
 
+from restoration.data.batch import Stream, stream_seed
 from restoration.errors import ConfigError
 
 __all__ = [
@@ -86,6 +99,7 @@ __all__ = [
     "SecondOrder",
     "SincFilter",
     "Snow",
+    "TaskPerStep",
 ]
 
 # Kernels at least this wide are applied through the FFT: on the 2-core CPU the direct grouped convolution
@@ -156,6 +170,82 @@ def _as_name(name: str) -> tuple[str, ...]:
 
 
 # random draws and shared tensor helpers
+
+
+def _host_random(generator: torch.Generator, tag: str) -> random.Random:
+    """A host RNG for the choices that steer control flow, drawn from ``generator`` without reading a device.
+
+    A generator's state is host memory on every device (a CPU generator's Mersenne Twister; a CUDA
+    generator's seed and Philox offset, which advances as random kernels are queued), so it is read without
+    waiting for anything, hashed with ``tag`` (which names the draw) into the seed of a ``random.Random``,
+    and the generator is then advanced by one device draw. The choices are thus a pure function of the
+    generator's state, as its device draws are: one seed reproduces both. And no two host draws start from
+    one state, so an op called twice on one generator (a composition's op on two subsets, a chain that
+    repeats an op) chooses afresh.
+    """
+    state = generator.get_state()  # a CPU uint8 tensor for every kind of generator
+    # np.from_dlpack views the CPU tensor's bytes in place; the tag is a stable salt (not Python's hash())
+    digest = hashlib.blake2b(tag.encode(), digest_size=8)
+    digest.update(np.from_dlpack(state))
+    torch.rand((), generator=generator, device=generator.device)
+    return random.Random(int.from_bytes(digest.digest(), "little"))
+
+
+def _to_device(values: Sequence | Tensor, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """Host numbers (or a CPU tensor) as a tensor on ``device``, without waiting for the device.
+
+    ``torch.tensor(values, device="cuda")`` copies from pageable memory and synchronises the stream; a copy
+    from pinned memory is queued behind the kernels like one of them.
+    """
+    tensor = torch.as_tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _on_samples(images: Tensor, samples: Sequence[int], degrade: Callable[[Tensor], Tensor]) -> Tensor:
+    """``images`` with ``degrade`` applied to the samples at host positions ``samples``, the others unchanged.
+
+    When ``samples`` is the whole batch, ``degrade`` runs on it without indexing; a subset is gathered and
+    scattered back by an index tensor copied from the host. Returns ``images`` itself when ``samples`` is
+    empty.
+    """
+    if len(samples) == images.shape[0]:
+        return degrade(images)
+    if not samples:
+        return images
+    index = _to_device(samples, images.device, torch.int64)
+    return images.index_copy(0, index, degrade(images.index_select(0, index)))
+
+
+def _scaled_shape(images: Tensor, scale: int) -> tuple[int, int, int, int]:
+    n, c, height, width = images.shape
+    return n, c, height // scale, width // scale
+
+
+def _by_group(
+    images: Tensor,
+    labels: Sequence[Hashable],
+    degrade: Callable[[Tensor, Hashable], Tensor],
+    *,
+    scale: int = 1,
+) -> Tensor:
+    """``degrade(subset, label)`` on the samples of each label (host values, one per sample), in sample order.
+
+    Groups run in the order of their first sample; a label shared by the whole batch runs on it without
+    indexing. ``scale`` is the down-sampling factor of ``degrade``'s output.
+    """
+    groups: dict[Hashable, list[int]] = {}
+    for sample, label in enumerate(labels):
+        groups.setdefault(label, []).append(sample)
+    if len(groups) == 1:
+        (label,) = groups
+        return degrade(images, label)
+    degraded = images.new_empty(_scaled_shape(images, scale))
+    for label, samples in groups.items():
+        index = _to_device(samples, images.device, torch.int64)
+        degraded.index_copy_(0, index, degrade(images.index_select(0, index), label))
+    return degraded
 
 
 def _uniform(bounds: tuple[float, float], n: int, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -270,7 +360,7 @@ def _splat_bilinear(y: Tensor, x: Tensor, weight: Tensor, *, height: int, width:
     amounts = (shares * weight).mul_(_SPLAT_UNIT).round_().long()
     start = (top.long() + margin) * padded_width + (left.long() + margin)
     start += torch.arange(n, device=device).view(n, 1) * (padded_height * padded_width)
-    corners = torch.tensor([0, 1, padded_width, padded_width + 1], device=device).view(4, 1, 1)
+    corners = _to_device([0, 1, padded_width, padded_width + 1], device).view(4, 1, 1)
     canvas = torch.zeros(n * padded_height * padded_width, dtype=torch.int64, device=device)
     canvas.scatter_add_(0, (start + corners).flatten(), amounts.flatten())
     canvas = canvas.view(n, padded_height, padded_width)[:, margin : margin + height, margin : margin + width]
@@ -373,7 +463,7 @@ def _matlab_resize_matrix(in_length: int, scale: int, device: torch.device, dtyp
     mirror = torch.cat([torch.arange(in_length), torch.arange(in_length - 1, -1, -1)])
     columns = mirror[(indices.long() - 1) % (2 * in_length)]
     matrix = torch.zeros(out_length, in_length, dtype=torch.float64).scatter_add_(1, columns, weights)
-    return matrix.to(device=device, dtype=dtype)
+    return _to_device(matrix.to(dtype), device)
 
 
 class BicubicDownsample(Degradation):
@@ -448,9 +538,10 @@ class GaussianNoise(Degradation):
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
         n, device = images.shape[0], images.device
         sigma = _uniform(self.sigma, n, generator, device).div_(255).view(n, 1, 1, 1)
-        gray = torch.nonzero(torch.rand(n, generator=generator, device=device) < self.gray_prob).flatten()
+        gray = (torch.rand(n, generator=generator, device=device) < self.gray_prob).view(n, 1, 1, 1)
         noise = torch.randn(images.shape, generator=generator, device=device)
-        noise[gray] = noise[gray, :1].expand(-1, 3, -1, -1)
+        # a select rather than indexing the grey samples, which would wait for the device to count them
+        noise = torch.where(gray, noise[:, :1], noise)
         # in place on the fresh noise buffer: this op is memory-bound on a CPU
         noisy = noise.mul_(sigma).add_(images)
         return noisy.clamp_(0, 1) if self.clip else noisy
@@ -724,10 +815,13 @@ class GaussianBlur(Degradation):
         sigma_x = _uniform(self.sigma, n, generator, device).view(n, 1, 1)
         sigma_y = _uniform(self.sigma, n, generator, device).view(n, 1, 1)
         rotation = math.pi * torch.rand(n, 1, 1, generator=generator, device=device)
-        anisotropic = torch.rand(n, 1, 1, generator=generator, device=device) < self.anisotropic_prob
-        if not bool(anisotropic.any()):
+        # drawn on the host: it picks the (much faster) separable path when no sample is anisotropic
+        draws = _host_random(generator, "GaussianBlur.anisotropic")
+        anisotropic = [draws.random() < self.anisotropic_prob for _ in range(n)]
+        if not any(anisotropic):
             kernels = _gaussian_kernels(sigma_x.view(n), size=grid, radius=radius.view(n))
             return _filter_separable(images, kernels).clamp_(0, 1)
+        anisotropic = _to_device(anisotropic, device).view(n, 1, 1)
         sigma_y = torch.where(anisotropic, sigma_y, sigma_x)
         rotation = torch.where(anisotropic, rotation, torch.zeros_like(rotation))
         y, x = _centred_grid(grid, device)
@@ -763,7 +857,13 @@ class DefocusBlur(Degradation):
 
 
 class JPEG(Degradation):
-    """JPEG compression at a per-sample integer quality."""
+    """JPEG compression at a per-sample integer quality.
+
+    ``backend="codec"`` is host work: libjpeg encodes and decodes on the CPU, and with CUDA tensors nvjpeg's
+    encoded bytes are read back on the host to be decoded, so the call waits for the device to finish the
+    batch. The samples that share a quality are encoded in one call. Use ``backend="kornia"`` to stay on the
+    device. The qualities are drawn on the host either way.
+    """
 
     def __init__(self, *, quality: int | Sequence[int], backend: str = "codec", name: str = "jpeg") -> None:
         """
@@ -783,13 +883,15 @@ class JPEG(Degradation):
         self.names = _as_name(name)
 
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        quality = _randint(self.quality, images.shape[0], generator, images.device)
+        draws = _host_random(generator, "JPEG.quality")
+        qualities = [draws.randint(*self.quality) for _ in range(images.shape[0])]
         if self.backend == "kornia":
-            return kornia.enhance.jpeg_codec_differentiable(images.clamp(0, 1), quality.float()).clamp(0, 1)
+            # a CPU tensor: kornia checks its range on the host and copies it to the device without waiting
+            quality = torch.tensor(qualities, dtype=torch.float32)
+            return kornia.enhance.jpeg_codec_differentiable(images.clamp(0, 1), quality).clamp(0, 1)
         # libjpeg reads channels-last pixels: one H×W×3 copy of the batch saves encode_jpeg a copy per image
         # (nvjpeg on CUDA reads planar pixels and copies anyway)
         pixels = images.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-        qualities = quality.tolist()
         decoded: list[Tensor | None] = [None] * len(qualities)
         # torchvision takes one quality per call: encode the samples that share a quality together
         for value in sorted(set(qualities)):
@@ -896,11 +998,6 @@ class LowLight(Degradation):
 # compositions
 
 
-def _scaled_shape(images: Tensor, scale: int) -> tuple[int, int, int, int]:
-    n, c, height, width = images.shape
-    return n, c, height // scale, width // scale
-
-
 class RandomCompose(Degradation):
     """A chain of degradations, each applied to a random subset of the batch.
 
@@ -948,23 +1045,18 @@ class RandomCompose(Degradation):
         self.names = _as_name(name)
 
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        n, device = images.shape[0], images.device
-        order = range(len(self.ops))
+        draws = _host_random(generator, "RandomCompose")
+        order = list(range(len(self.ops)))
         if self.shuffle:
-            order = torch.randperm(len(self.ops), generator=generator, device=device).tolist()
+            draws.shuffle(order)
         degraded = images
         for position in order:
             op, prob = self.ops[position], self.p[position]
             if op.scale != 1:
                 degraded = op.apply(degraded, generator)
                 continue
-            chosen = torch.rand(n, generator=generator, device=device) < prob
-            index = torch.nonzero(chosen).flatten()
-            if index.numel() == n:
-                degraded = op.apply(degraded, generator)
-            elif index.numel() > 0:
-                degraded = degraded.clone()
-                degraded[index] = op.apply(degraded[index], generator)
+            chosen = [sample for sample in range(images.shape[0]) if draws.random() < prob]
+            degraded = _on_samples(degraded, chosen, lambda subset, op=op: op.apply(subset, generator))
         return degraded if degraded is not images else images.clone()
 
 
@@ -1007,15 +1099,85 @@ class AllInOne(Degradation):
         return self._degrade(images, generator)[0]
 
     def _degrade(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        n, device = images.shape[0], images.device
-        weights = torch.tensor(self.weights, device=device)
-        type_ids = torch.multinomial(weights, n, replacement=True, generator=generator)
-        degraded = images.new_empty(_scaled_shape(images, self.scale))
-        for type_id, op in enumerate(self.ops):
-            index = torch.nonzero(type_ids == type_id).flatten()
-            if index.numel() > 0:
-                degraded[index] = op.apply(images[index], generator)
-        return degraded, type_ids
+        draws = _host_random(generator, "AllInOne")
+        type_ids = draws.choices(range(len(self.ops)), weights=self.weights, k=images.shape[0])
+        degraded = _by_group(
+            images,
+            type_ids,
+            lambda subset, type_id: self.ops[type_id].apply(subset, generator),
+            scale=self.scale,
+        )
+        return degraded, _to_device(type_ids, images.device, torch.int64)
+
+
+class TaskPerStep:
+    """IPT's pre-training inputs: one task for the whole batch per optimizer step, the same on every rank.
+
+    H. Chen et al., "Pre-Trained Image Processing Transformer", CVPR 2021, trained as the MindSpore port
+    does: each step draws one task uniformly (×2/×3/×4 bicubic, deraining, denoising σ 30/50), takes a
+    ``patch_size · scale`` window of the batch's clean crops at one random offset and degrades it to the
+    ``patch_size`` input of that task. The draws are pure functions of the run's seed: the task of
+    optimizer step ``s`` of ``(seed, s)`` (so every DDP rank, every micro-batch of an accumulated step and a
+    resumed run draw the same task), the window of the batch at stream position ``p`` of ``(seed, p)``;
+    both are drawn on the host, so no device value is read.
+
+    The datamodule calls :meth:`make` on each training batch; validation degrades every image with every
+    task (``ops``, ``names``, as an all-in-one degradation's ``every_type``).
+
+    Args:
+        ops: task name → the degradation that makes its input from a clean window (its ``scale``: the
+            task's), in task-id order.
+        patch_size: the network's input side (IPT: 48).
+    """
+
+    scale = 1
+    """Clean crops leave the loader whole; each step's window is ``patch_size`` times the task's scale."""
+
+    def __init__(self, *, ops: Mapping[str, Degradation], patch_size: int = 48) -> None:
+        if not isinstance(ops, Mapping) or not ops:
+            raise ConfigError(f"ops must be a non-empty mapping of task name -> Degradation, got {ops!r}")
+        for key, op in ops.items():
+            if not isinstance(op, Degradation):
+                raise ConfigError(f"ops[{key!r}] must be a Degradation, got {type(op).__name__}")
+        if patch_size < 1:
+            raise ConfigError(f"patch_size={patch_size}; expected a positive size")
+        self.ops = [ops[key] for key in ops]
+        self.names = tuple(str(key) for key in ops)
+        self.patch_size = patch_size
+
+    @property
+    def crop_size(self) -> int:
+        """The clean crop side the largest task needs."""
+        return self.patch_size * max(op.scale for op in self.ops)
+
+    def task_at(self, seed: int, step: int) -> int:
+        """The task id of optimizer step ``step``: uniform over the tasks, a pure function of (seed, step)."""
+        return random.Random(stream_seed(seed, step, Stream.TASK)).randrange(len(self.ops))
+
+    def make(
+        self, clean: Tensor, *, task: int, position: int, seed: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(degraded input, target window, type ids)`` of task ``task`` from N×3×H×W clean crops.
+
+        ``position`` (the batch's first stream position) and ``seed`` place the window; ``generator`` (on the
+        batch's device) drives the degradation.
+        """
+        size = self.patch_size * self.ops[task].scale
+        height, width = clean.shape[-2:]
+        if min(height, width) < size:
+            raise ConfigError(
+                f"task {self.names[task]} needs clean crops of {size}×{size} ({self.patch_size} × its scale) "
+                f"but the datamodule gives {height}×{width}; set datamodule.crop_size={self.crop_size}"
+            )
+        draws = random.Random(stream_seed(seed, position, Stream.TASK_CROP))
+        top, left = draws.randrange(height - size + 1), draws.randrange(width - size + 1)
+        target = clean[..., top : top + size, left : left + size]
+        degraded, _ = self.ops[task](target, generator)
+        type_ids = torch.full((clean.shape[0],), task, dtype=torch.int64, device=clean.device)
+        return degraded, target, type_ids
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(names={self.names}, patch_size={self.patch_size})"
 
 
 # Real-ESRGAN kernels, noise and the second-order pipeline
@@ -1129,8 +1291,9 @@ class RealESRGANBlur(Degradation):
         cutoff = torch.rand(n, generator=generator, device=device) * torch.where(
             small, 2 * math.pi / 3, 4 * math.pi / 5
         ) + torch.where(small, math.pi / 3, math.pi / 5)
-        probs = torch.tensor(self.kernel_prob, device=device)
-        kind = torch.multinomial(probs, n, replacement=True, generator=generator)
+        kind = torch.multinomial(
+            _to_device(self.kernel_prob, device), n, replacement=True, generator=generator
+        )
         sigma_x = _uniform(self.sigma, n, generator, device)
         sigma_y = _uniform(self.sigma, n, generator, device)
         rotation = _uniform((-math.pi, math.pi), n, generator, device)
@@ -1140,7 +1303,7 @@ class RealESRGANBlur(Degradation):
         sigma_y = torch.where(isotropic, sigma_x, sigma_y).view(n, 1, 1)
         rotation = torch.where(isotropic, torch.zeros_like(rotation), rotation).view(n, 1, 1)
         family = (kind // 2).view(n, 1, 1)
-        bounds = torch.tensor([self.betag, self.betap], device=device)[(kind // 2).clamp(min=1) - 1]
+        bounds = _to_device([self.betag, self.betap], device)[(kind // 2).clamp(min=1) - 1]
         beta = torch.where(
             below_one, bounds[:, 0] + unit * (1 - bounds[:, 0]), 1 + unit * (bounds[:, 1] - 1)
         ).view(n, 1, 1)
@@ -1262,27 +1425,22 @@ class RealESRGANNoise(Degradation):
     def _poisson(self, images: Tensor, generator: torch.Generator) -> Tensor:
         n, device = images.shape[0], images.device
         scale = _uniform(self.poisson_scale, n, generator, device).view(n, 1, 1, 1)
-        gray = torch.rand(n, generator=generator, device=device) < self.gray_prob
-        noise = torch.empty_like(images)
-        for index, planes in (
-            (torch.nonzero(~gray).flatten(), images),
-            (torch.nonzero(gray).flatten(), _luma(images, (0.2989, 0.587, 0.114))),
-        ):
-            if index.numel() > 0:
-                noise[index] = _shot_noise(planes[index], generator).expand(-1, 3, -1, -1)
+        gray = (torch.rand(n, generator=generator, device=device) < self.gray_prob).view(n, 1, 1, 1)
+        # selects rather than indexing the grey samples: their luma fills all three planes (the same levels,
+        # so the same v) and the noise of the first plane is kept
+        planes = torch.where(gray, _luma(images, (0.2989, 0.587, 0.114)), images)
+        noise = _shot_noise(planes, generator)
+        noise = torch.where(gray, noise[:, :1], noise)
         return noise.mul_(scale).add_(images).clamp_(0, 1)
 
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        n, device = images.shape[0], images.device
-        gaussian = torch.rand(n, generator=generator, device=device) < self.gaussian_prob
-        noisy = torch.empty_like(images)
-        for index, branch in (
-            (torch.nonzero(gaussian).flatten(), self.gaussian.apply),
-            (torch.nonzero(~gaussian).flatten(), self._poisson),
-        ):
-            if index.numel() > 0:
-                noisy[index] = branch(images[index], generator)
-        return noisy
+        draws = _host_random(generator, "RealESRGANNoise")
+        gaussian = [draws.random() < self.gaussian_prob for _ in range(images.shape[0])]
+
+        def noisy(subset: Tensor, is_gaussian: bool) -> Tensor:
+            return self.gaussian.apply(subset, generator) if is_gaussian else self._poisson(subset, generator)
+
+        return _by_group(images, gaussian, noisy)
 
 
 def _usm_sharpen(images: Tensor, *, weight: float = 0.5, threshold: float = 10.0) -> Tensor:
@@ -1390,54 +1548,54 @@ class SecondOrder(Degradation):
         self.names = _as_name(name)
 
     @staticmethod
-    def _scales(
-        probs: tuple[float, ...], bounds: tuple[float, float], n: int, generator: torch.Generator, device
+    def _scale(draws: random.Random, probs: tuple[float, ...], bounds: tuple[float, float]) -> float:
+        direction = draws.choices(range(3), weights=probs)[0]
+        if direction == 0:
+            return draws.uniform(1.0, bounds[1])
+        return draws.uniform(bounds[0], 1.0) if direction == 1 else 1.0
+
+    def _resizes(self, draws: random.Random) -> tuple[float, float, str, str, str, bool]:
+        """One sample's (or batch's) resize scales of both stages, modes of the three resizes, and whether the
+        last JPEG comes after the final resize and sinc."""
+        scale1 = self._scale(draws, self.resize_prob1, self.resize_range1)
+        scale2 = self._scale(draws, self.resize_prob2, self.resize_range2)
+        return scale1, scale2, *draws.choices(_RESIZE_MODES, k=3), draws.random() < 0.5
+
+    def _stages(
+        self,
+        stage1: Tensor,
+        resizes: tuple[float, float, str, str, str, bool],
+        draws: random.Random,
+        generator: torch.Generator,
     ) -> Tensor:
-        direction = torch.multinomial(
-            torch.tensor(probs, device=device), n, replacement=True, generator=generator
-        )
-        up = _uniform((1.0, bounds[1]), n, generator, device)
-        down = _uniform((bounds[0], 1.0), n, generator, device)
-        return torch.where(direction == 0, up, torch.where(direction == 1, down, torch.ones_like(up)))
+        """The rest of the pipeline after the first blur, for samples that share their resizes."""
+        scale1, scale2, mode1, mode2, mode3, jpeg_last = resizes
+        height, width = stage1.shape[-2:]
+        out = _resize(stage1, scale=scale1, mode=mode1)
+        out = self.jpeg1.apply(self.noise1.apply(out, generator), generator)
+        blurred = [sample for sample in range(out.shape[0]) if draws.random() < self.second_blur_prob]
+        out = _on_samples(out, blurred, lambda subset: self.blur2.filter(subset, generator))
+        size = (max(1, int(height * scale2)), max(1, int(width * scale2)))
+        out = self.noise2.apply(_resize(out, size=size, mode=mode2), generator)
+        if not jpeg_last:
+            out = self.jpeg2.apply(out, generator)
+        out = self.final_sinc.filter(_resize(out, size=(height, width), mode=mode3), generator)
+        return self.jpeg2.apply(out, generator) if jpeg_last else out
 
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        n, _, height, width = images.shape
-        device = images.device
-        draws = 1 if self.resize_per_batch else n
-        scale1 = self._scales(self.resize_prob1, self.resize_range1, draws, generator, device)
-        scale2 = self._scales(self.resize_prob2, self.resize_range2, draws, generator, device)
-        modes = torch.randint(0, len(_RESIZE_MODES), (draws, 3), generator=generator, device=device)
-        jpeg_last = torch.rand(draws, generator=generator, device=device) < 0.5
-        second_blur = torch.rand(n, generator=generator, device=device) < self.second_blur_prob
-        settings = list(
-            zip(scale1.tolist(), scale2.tolist(), modes.tolist(), jpeg_last.tolist(), strict=True)
-        )
-        groups: dict[tuple, list[int]] = {}
-        for sample in range(n):
-            groups.setdefault(tuple(map(str, settings[0 if self.resize_per_batch else sample])), []).append(
-                sample
-            )
+        n = images.shape[0]
+        # the resizes set the sizes of the intermediate tensors: drawn on the host, and the samples that share
+        # them are processed together
+        draws = _host_random(generator, "SecondOrder")
+        if self.resize_per_batch:
+            resizes = [self._resizes(draws)] * n
+        else:
+            resizes = [self._resizes(draws) for _ in range(n)]
         source = _usm_sharpen(images) if self.sharpen else images
         stage1 = self.blur1.filter(source, generator)
-        degraded = torch.empty_like(images)
-        for samples in groups.values():
-            first, second, (mode1, mode2, mode3), last = settings[0 if self.resize_per_batch else samples[0]]
-            index = torch.tensor(samples, device=device)
-            out = _resize(stage1[index], scale=first, mode=_RESIZE_MODES[mode1])
-            out = self.jpeg1.apply(self.noise1.apply(out, generator), generator)
-            blurred = torch.nonzero(second_blur[index]).flatten()
-            if blurred.numel() > 0:
-                out = out.clone()
-                out[blurred] = self.blur2.filter(out[blurred], generator)
-            size = (max(1, int(height * second)), max(1, int(width * second)))
-            out = self.noise2.apply(_resize(out, size=size, mode=_RESIZE_MODES[mode2]), generator)
-            if not last:
-                out = self.jpeg2.apply(out, generator)
-            out = _resize(out, size=(height, width), mode=_RESIZE_MODES[mode3])
-            out = self.final_sinc.filter(out, generator)
-            if last:
-                out = self.jpeg2.apply(out, generator)
-            degraded[index] = out
+        degraded = _by_group(
+            stage1, resizes, lambda group, shared: self._stages(group, shared, draws, generator)
+        )
         return degraded.mul_(255).round_().clamp_(0, 255).div_(255)
 
 
@@ -1497,7 +1655,7 @@ class Contrast(Degradation):
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
         n, device = images.shape[0], images.device
         severity = _randint(self.severity, n, generator, device)
-        factor = torch.tensor(_CONTRAST_FACTORS, device=device)[severity - 1].view(n, 1, 1, 1)
+        factor = _to_device(_CONTRAST_FACTORS, device)[severity - 1].view(n, 1, 1, 1)
         means = images.mean(dim=(2, 3), keepdim=True)
         return ((images - means) * factor + means).clamp_(0, 1)
 
@@ -1570,16 +1728,15 @@ class Snow(Degradation):
         streaks = _filter_per_sample(flakes, kernels, border="replicate")
         return streaks.mul_(255).round_().clamp_(0, 255).div_(255)
 
+    def _snow(self, clean: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+        n, _, height, width = clean.shape
+        keep = _SNOW_SEVERITIES[severity - 1][6]
+        layer = self.layer(n, height, width, severity, generator, clean.device)
+        whitened = torch.maximum(clean, _luma(clean, (0.299, 0.587, 0.114)) * 1.5 + 0.5)
+        return (keep * clean + (1 - keep) * whitened + layer + layer.flip(-2, -1)).clamp_(0, 1)
+
     def apply(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        n, _, height, width = images.shape
-        device = images.device
-        severity = _randint(self.severity, n, generator, device)
-        snowy = torch.empty_like(images)
-        for level in sorted(set(severity.tolist())):
-            index = torch.nonzero(severity == level).flatten()
-            keep = _SNOW_SEVERITIES[level - 1][6]
-            clean = images[index]
-            layer = self.layer(index.numel(), height, width, level, generator, device)
-            whitened = torch.maximum(clean, _luma(clean, (0.299, 0.587, 0.114)) * 1.5 + 0.5)
-            snowy[index] = (keep * clean + (1 - keep) * whitened + layer + layer.flip(-2, -1)).clamp_(0, 1)
-        return snowy
+        # the severity sets the zoom and the streak kernel's size: drawn on the host, one group per level
+        draws = _host_random(generator, "Snow.severity")
+        severity = [draws.randint(*self.severity) for _ in range(images.shape[0])]
+        return _by_group(images, severity, lambda clean, level: self._snow(clean, level, generator))

@@ -1,8 +1,8 @@
 """Image sources: which images a split holds, where they are, and how to read one.
 
 A source is cheap to construct (Hydra builds it from the config); it touches the disk only in
-:meth:`ImageSource.scan`, which the datamodule calls in ``setup``. After the scan it knows every
-image's name, size and class label. Three kinds:
+:meth:`ImageSource.scan`, which the datamodule calls in ``setup``, and :meth:`ImageSource.prepare`. After the
+scan it knows every image's name, size and class label. Three kinds:
 
 - clean images (``paired = False``): :class:`EmbeddedPhotos`, :class:`ImageFolder`; the
   degraded input is synthesized (on the training device for training, per image with a fixed
@@ -13,23 +13,38 @@ image's name, size and class label. Three kinds:
 
 Bad input raises a one-line :class:`~restoration.errors.DataError` naming the path, or, with
 ``skip_bad_files``, is skipped with a warning that counts what was skipped.
+
+The folder sources (:class:`ImageFolder`, :class:`PairedFolders`) take an ``index_cache`` folder: the image
+headers a scan reads are kept there in an index keyed by the folder's listing
+(:func:`~restoration.data.io.index_images`), so the next scan, on another process or after a restart, lists
+the folder but opens no file. The index is written atomically and needs no lock: when every DDP rank scans at
+once, each may build it (the same work repeated, never a torn file); :meth:`ImageSource.prepare` on one
+process first lets the others read it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from restoration.data.io import IMAGE_EXTENSIONS, image_size, list_images, read_image
+from restoration.data.io import (
+    IMAGE_EXTENSIONS,
+    ImageFiles,
+    image_size,
+    index_images,
+    list_image_files,
+    read_image,
+)
 from restoration.errors import ConfigError, DataError
 
 __all__ = [
@@ -93,6 +108,9 @@ class ImageSource:
         """Find the images and read their sizes; ``decode`` also decodes every file once."""
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Work for one process to do before every process scans (folder sources write their index)."""
+
     @property
     def scanned(self) -> bool:
         return self._entries is not None
@@ -141,7 +159,12 @@ class ImageSource:
             return _Entry(entry.name, entry.gt, entry.lq, entry.label, gt_size), sizes[1]
 
         with ThreadPoolExecutor(_SCAN_THREADS) as pool:
-            results = list(pool.map(check, entries))
+            return self._kept(list(pool.map(check, entries)), skip_bad_files=skip_bad_files)
+
+    def _kept(
+        self, results: list[tuple[_Entry, tuple[int, int] | None] | str], *, skip_bad_files: bool
+    ) -> list[tuple[_Entry, tuple[int, int] | None]]:
+        """The checked entries of ``results``; its strings are the errors of bad files, raised or skipped."""
         errors = [result for result in results if isinstance(result, str)]
         if errors and not skip_bad_files:
             more = f" (and {len(errors) - 1} more bad files)" if len(errors) > 1 else ""
@@ -151,12 +174,12 @@ class ImageSource:
                 "%s: skipped %d of %d unreadable files, e.g. %s",
                 self.description,
                 len(errors),
-                len(entries),
+                len(results),
                 errors[0],
             )
         kept = [result for result in results if not isinstance(result, str)]
         if not kept:
-            raise DataError(f"{self.description}: none of the {len(entries)} files could be read")
+            raise DataError(f"{self.description}: none of the {len(results)} files could be read")
         return kept
 
 
@@ -217,6 +240,8 @@ class ImageFolder(ImageSource):
             file in the hold-out with probability ``holdout`` by a hash of its relative path.
         holdout: fraction of files held out when ``part`` is ``"train"`` or ``"holdout"``.
         max_images: keep only the first N files (sorted by path) after the split.
+        index_cache: folder of the image header index (see the module docstring): a scan that finds the
+            folder's listing unchanged opens no file. ``None`` reads every header at every scan.
     """
 
     def __init__(
@@ -228,6 +253,7 @@ class ImageFolder(ImageSource):
         part: str = "all",
         holdout: float = 0.0,
         max_images: int | None = None,
+        index_cache: str | None = None,
     ) -> None:
         super().__init__()
         if part not in ("all", "train", "holdout"):
@@ -244,38 +270,67 @@ class ImageFolder(ImageSource):
         self.part = part
         self.holdout = holdout
         self.max_images = max_images
+        self.index_cache = None if index_cache is None else Path(index_cache)
         self.description = f"{root}" if part == "all" else f"{root} ({part} part)"
 
+    def prepare(self) -> None:
+        """Write the header index of the files this source selects (when ``index_cache`` is set)."""
+        if self.index_cache is not None:
+            files = self._files()
+            index_images(files, positions=self._selected(files), cache_dir=self.index_cache)
+
     def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
-        files = _find_images(
+        files = self._files()
+        self.classes = self._classes(files)
+        class_index = {name: i for i, name in enumerate(self.classes)}
+        selected = self._selected(files)
+
+        def entry(position: int, size: tuple[int, int]) -> _Entry:
+            name = files.names[position]
+            label = class_index[name.split("/", 1)[0]] if class_index else -1
+            return _Entry(os.path.splitext(name)[0], files.path(position), None, label, size)
+
+        if decode:  # decoding reads every byte anyway: no use for the header index
+            entries = [entry(position, (0, 0)) for position in selected]
+            checked = self._checked(entries, skip_bad_files=skip_bad_files, decode=True)
+        else:
+            index = index_images(files, positions=selected, cache_dir=self.index_cache)
+            results: list[tuple[_Entry, tuple[int, int] | None] | str] = []
+            for position in selected:
+                header = index.header(position)
+                results.append(header if isinstance(header, str) else (entry(position, header), None))
+            checked = self._kept(results, skip_bad_files=skip_bad_files)
+        self._entries = [checked_entry for checked_entry, _ in checked]
+
+    def _files(self) -> ImageFiles:
+        return _find_images(
             self.root, self.pattern, "clean images, optionally in class sub-folders root/<class>/"
         )
-        relative = [path.relative_to(self.root) for path in files]
-        in_subfolders = all(len(rel.parts) > 1 for rel in relative)
+
+    def _classes(self, files: ImageFiles) -> tuple[str, ...]:
+        in_subfolders = all("/" in name for name in files.names)
         if self.class_folders is True and not in_subfolders:
-            loose = next(rel for rel in relative if len(rel.parts) == 1)
+            loose = next(name for name in files.names if "/" not in name)
             raise DataError(
                 f"{self.root}: class_folders=true but {loose} is not inside a class sub-folder; "
                 "expected root/<class>/<image>"
             )
         if self.class_folders is not False and in_subfolders:
-            self.classes = tuple(sorted({rel.parts[0] for rel in relative}))
-        class_index = {name: i for i, name in enumerate(self.classes)}
-        entries = []
-        for path, rel in zip(files, relative, strict=True):
-            if self.part != "all" and (_hash_fraction(rel.as_posix()) < self.holdout) != (
-                self.part == "holdout"
-            ):
-                continue
-            label = class_index[rel.parts[0]] if self.classes else -1
-            entries.append(_Entry(rel.with_suffix("").as_posix(), path, None, label, (0, 0)))
-        if self.max_images is not None:
-            entries = entries[: self.max_images]
-        if not entries:
-            raise DataError(f"{self.description}: the {self.part} part is empty; raise holdout or add images")
-        self._entries = [
-            entry for entry, _ in self._checked(entries, skip_bad_files=skip_bad_files, decode=decode)
+            return tuple(sorted({name.split("/", 1)[0] for name in files.names}))
+        return ()
+
+    def _selected(self, files: ImageFiles) -> list[int]:
+        """Positions in ``files`` of the images of ``part``, at most ``max_images`` of them."""
+        selected = [
+            position
+            for position, name in enumerate(files.names)
+            if self.part == "all" or (_hash_fraction(name) < self.holdout) == (self.part == "holdout")
         ]
+        if self.max_images is not None:
+            selected = selected[: self.max_images]
+        if not selected:
+            raise DataError(f"{self.description}: the {self.part} part is empty; raise holdout or add images")
+        return selected
 
 
 class PairedFolders(ImageSource):
@@ -295,6 +350,8 @@ class PairedFolders(ImageSource):
         modcrop: accept GT images up to ``scale - 1`` pixels larger than ``scale`` × LQ along a side and
             crop them to ``scale`` × LQ from the top left, as EDSR's benchmark loader does with the HR images
             of Set14, B100 and Urban100 whose sides are not multiples of 3 or 4.
+        index_cache: folder of the image header index of both folders (see the module docstring).
+            ``None`` reads every header at every scan.
     """
 
     paired = True
@@ -309,6 +366,7 @@ class PairedFolders(ImageSource):
         key_regex: str | None = None,
         scale: int = 1,
         modcrop: bool = False,
+        index_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.modcrop = modcrop
@@ -323,19 +381,22 @@ class PairedFolders(ImageSource):
         if scale < 1:
             raise ConfigError(f"PairedFolders scale={scale}; expected an integer >= 1")
         self.scale = scale
+        self.index_cache = None if index_cache is None else Path(index_cache)
         self.description = f"pairs {lq_dir} -> {gt_dir}"
 
-    def _keyed(self, folder: Path, pattern: str, role: str) -> dict[str, Path]:
+    def _keyed(self, folder: Path, pattern: str, role: str) -> tuple[ImageFiles, dict[str, int]]:
+        """The files of one folder, and each one's position among them by key."""
         files = _find_images(folder, pattern, f"{role} images matched to the other folder by file name")
-        keyed: dict[str, Path] = {}
-        for path in files:
-            key = self._key(path.relative_to(folder).with_suffix("").as_posix(), path)
+        keyed: dict[str, int] = {}
+        for position, relative in enumerate(files.names):
+            key = self._key(os.path.splitext(relative)[0], files.path(position))
             if key in keyed:
                 raise DataError(
-                    f"{path} and {keyed[key]} both have the key {key!r}; keys must be unique per folder"
+                    f"{files.path(position)} and {files.path(keyed[key])} both have the key {key!r}; "
+                    "keys must be unique per folder"
                 )
-            keyed[key] = path
-        return keyed
+            keyed[key] = position
+        return files, keyed
 
     def _key(self, relative: str, path: Path) -> str:
         if self.key_regex is None:
@@ -345,9 +406,10 @@ class PairedFolders(ImageSource):
             raise DataError(f"{path}: key_regex {self.key_regex.pattern!r} does not match {relative!r}")
         return "".join(group for group in match.groups() if group) if match.groups() else match.group(0)
 
-    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
-        lq = self._keyed(self.lq_dir, self.lq_pattern, "degraded (LQ)")
-        gt = self._keyed(self.gt_dir, self.gt_pattern, "ground-truth (GT)")
+    def _matched(self) -> tuple[ImageFiles, dict[str, int], ImageFiles, dict[str, int]]:
+        """Both folders' files and positions by key; every file has its partner."""
+        lq_files, lq = self._keyed(self.lq_dir, self.lq_pattern, "degraded (LQ)")
+        gt_files, gt = self._keyed(self.gt_dir, self.gt_pattern, "ground-truth (GT)")
         lq_only, gt_only = sorted(lq.keys() - gt.keys()), sorted(gt.keys() - lq.keys())
         if lq_only or gt_only:
             raise DataError(
@@ -358,9 +420,35 @@ class PairedFolders(ImageSource):
                     if names
                 )
             )
-        entries = [_Entry(key, gt[key], lq[key], -1, (0, 0)) for key in sorted(gt)]
-        checked = []
-        for entry, lq_size in self._checked(entries, skip_bad_files=skip_bad_files, decode=decode):
+        return lq_files, lq, gt_files, gt
+
+    def prepare(self) -> None:
+        """Write the header index of both folders (when ``index_cache`` is set)."""
+        if self.index_cache is not None:
+            lq_files, _, gt_files, _ = self._matched()
+            for files in (gt_files, lq_files):
+                index_images(files, cache_dir=self.index_cache)
+
+    def scan(self, *, skip_bad_files: bool = False, decode: bool = False) -> None:
+        lq_files, lq, gt_files, gt = self._matched()
+        entries = [
+            _Entry(key, gt_files.path(gt[key]), lq_files.path(lq[key]), -1, (0, 0)) for key in sorted(gt)
+        ]
+        if decode:  # decoding reads every byte anyway: no use for the header index
+            checked = self._checked(entries, skip_bad_files=skip_bad_files, decode=True)
+        else:
+            gt_index, lq_index = (
+                index_images(files, cache_dir=self.index_cache) for files in (gt_files, lq_files)
+            )
+            checked = self._kept(
+                [
+                    _indexed_pair(entry, gt_index.header(gt[entry.name]), lq_index.header(lq[entry.name]))
+                    for entry in entries
+                ],
+                skip_bad_files=skip_bad_files,
+            )
+        sized = []
+        for entry, lq_size in checked:
             gt_size = entry.size
             assert lq_size is not None
             excess = (gt_size[0] - lq_size[0] * self.scale, gt_size[1] - lq_size[1] * self.scale)
@@ -370,15 +458,25 @@ class PairedFolders(ImageSource):
                     f"size mismatch: {entry.lq} is {lq_size[1]}×{lq_size[0]} but {entry.gt} is "
                     f"{gt_size[1]}×{gt_size[0]} (width×height); expected {expected}"
                 )
-            size = (lq_size[0] * self.scale, lq_size[1] * self.scale)
-            checked.append(_Entry(entry.name, entry.gt, entry.lq, entry.label, size))
-        self._entries = checked
+            sized.append(replace(entry, size=(lq_size[0] * self.scale, lq_size[1] * self.scale)))
+        self._entries = sized
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         gt, lq = super().read(index)
         if self.modcrop and lq is not None:
             gt = gt[:, : lq.shape[1] * self.scale, : lq.shape[2] * self.scale]
         return gt, lq
+
+
+def _indexed_pair(
+    entry: _Entry, gt_header: tuple[int, int] | str, lq_header: tuple[int, int] | str
+) -> tuple[_Entry, tuple[int, int] | None] | str:
+    """A pair's entry with its GT size, and its LQ size; or the error of its first unreadable file."""
+    if isinstance(gt_header, str):
+        return gt_header
+    if isinstance(lq_header, str):
+        return lq_header
+    return replace(entry, size=gt_header), lq_header
 
 
 class SIDDBlocks(ImageSource):
@@ -567,11 +665,11 @@ def _npy_frame(path: Path, *, decode: bool) -> np.ndarray:
     return array
 
 
-def _find_images(folder: Path, pattern: str, expected: str) -> list[Path]:
+def _find_images(folder: Path, pattern: str, expected: str) -> ImageFiles:
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found; expected a folder of {expected}")
-    files = list_images(folder, pattern=pattern)
-    if not files:
+    files = list_image_files(folder, pattern=pattern)
+    if not files.names:
         extensions = ", ".join(IMAGE_EXTENSIONS)
         raise DataError(f"{folder}: no images match {pattern!r} ({extensions}); expected {expected}")
     return files

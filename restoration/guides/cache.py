@@ -12,19 +12,24 @@ is rewritten.
 Writes go through a temporary file and an atomic rename, so concurrent DDP ranks can share a folder.
 
 :func:`precompute` fills the cache for every pair of an :class:`~restoration.data.sources.ImageSource` and
-returns the N×D table in the source's index order.
+returns the N×D table in the source's index order: the datamodule calls it before training when
+``guide.input=frame`` (:meth:`~restoration.data.datamodules.RestorationDataModule.attach_features`), and its
+batches then carry each image's row as ``osf``, so the guide does not run in the training step.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from restoration.data.datasets import to_grey
 from restoration.data.sources import ImageSource, SIDDBlocks
 from restoration.errors import ConfigError, DataError
 from restoration.guides.base import Guide
@@ -140,28 +145,55 @@ class OSFCache:
         return torch.stack(rows) if rows else torch.empty(0, guide.dim, device=device)
 
 
-def precompute(guide: Guide, source: ImageSource, folder: str | Path) -> torch.Tensor:
+def precompute(
+    guide: Guide,
+    source: ImageSource,
+    folder: str | Path | None,
+    *,
+    device: torch.device | str | None = None,
+    grey: bool = False,
+    skip_bad_files: bool = False,
+) -> torch.Tensor:
     """The N×D table (CPU, fp32) of the OSF of every pair's full degraded image, row i = pair i.
 
-    The source must be scanned and paired; features are read from the cache under ``folder`` where they are
-    up to date and computed (on the guide's device) and stored otherwise.
+    The source must be scanned and paired. With a ``folder``, features are read from the cache under it where
+    they are up to date and computed (on the guide's device) and stored otherwise; with ``None`` all are
+    computed and nothing is written. ``device``: move the guide there first (``None``: where it is).
+    ``grey``: the features of the grey images
+    (:func:`~restoration.data.datasets.to_grey`, what ``datamodule.grey`` trains on), cached apart from the
+    colour ones. ``skip_bad_files``: an unreadable image gets a row of NaN and a warning instead of stopping
+    (the training crops skip the same file).
     """
-    cache = OSFCache(folder, guide_key=guide_key(guide))
+    key = guide_key(guide) + ("-grey" if grey else "")
+    cache = OSFCache(folder, guide_key=key) if folder is not None else None
+    if device is not None:
+        guide.to(device)
     device = _device_of(guide)
     rows, computed = [], 0
-    for index in range(len(source)):
+    for index in tqdm(range(len(source)), desc=f"OSF {key}", unit="image", leave=False, mininterval=5.0):
         file, member = source_file(source, index)
-        osf = cache.get(file, member=member)
+        osf = cache.get(file, member=member) if cache is not None else None
         if osf is None:
-            _, degraded = source.read(index)
+            try:
+                _, degraded = source.read(index)
+            except DataError as error:
+                if not skip_bad_files:
+                    raise
+                log.warning("OSF of an unreadable image left as NaN (%s)", error)
+                rows.append(torch.full((guide.dim,), math.nan))
+                continue
             assert degraded is not None  # paired sources always return the degraded image
+            if grey:
+                degraded = to_grey(degraded)
             osf = guide(degraded.unsqueeze(0).to(device))[0].float().cpu()
-            cache.put(file, osf, member=member)
+            if cache is not None:
+                cache.put(file, osf, member=member)
             computed += 1
         rows.append(osf)
     log.info(
-        "OSF cache %s: %d of %d features computed, %d reused",
-        cache.folder,
+        "OSF of %s (%s): %d of %d features computed, %d reused",
+        source.description,
+        cache.folder if cache is not None else f"{key}, in memory",
         computed,
         len(rows),
         len(rows) - computed,

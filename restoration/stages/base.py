@@ -114,13 +114,17 @@ class RestorationStage(TrainingChassis):
     scored_outputs: tuple[str, ...] = ()
     """Names of the intermediate outputs of :meth:`restore_for_evaluation` that get their own metrics."""
 
+    scores_per_type: bool = True
+    """Whether the data's degradation types get their own metrics here (a stage that scores them its own way,
+    as IPT with a border per task, sets it to ``False``)."""
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         # Metrics for each degradation type and each intermediate output, created before Lightning moves
         # the module to its device. Their states are not saved in checkpoints (torchmetrics default).
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = tuple(getattr(datamodule, "degradation_names", ()) or ())
-        self.type_names = names if len(names) > 1 else ()
+        self.type_names = names if len(names) > 1 and self.scores_per_type else ()
         clashes = sorted({"degraded", *self.scored_outputs} & set(self.type_names))
         if clashes:
             raise ConfigError(
@@ -128,7 +132,7 @@ class RestorationStage(TrainingChassis):
                 f"{'/'.join(self.scored_outputs)}; rename the type(s) in the degradation or datamodule config"
             )
         for split in ("val", "test"):
-            for group in (*self.type_names, *self.scored_outputs):
+            for group in self.scored_outputs:
                 if f"{split}_{group}" not in self.metrics:
                     self.metrics[f"{split}_{group}"] = ImageQuality(crop_border=self.crop_border)
 
@@ -196,7 +200,7 @@ class RestorationStage(TrainingChassis):
                 f"the network maps {tuple(degraded.shape[1:])} to {tuple(restored.shape[1:])} but the ground "
                 f"truth is {tuple(target.shape[1:])}: does the backbone's upscale match the data's scale?"
             )
-        indices = batch["index"].tolist()
+        indices = [int(index) for index in batch["index"]]
         baseline = _as_large_as(degraded.float(), target)
         # Each image is scored once per output; the metrics, the captions and the per-image table share it.
         scores = self.metrics[split].per_image(restored, target)
@@ -208,12 +212,8 @@ class RestorationStage(TrainingChassis):
             self.metrics[f"{split}_{name}"].update(scores=values)
         types: list[str | None] = [None] * len(indices)
         if self.type_names and "type" in batch:
+            # the means per type come from these per-image records, gathered once (_finish_evaluation)
             types = [self.type_names[type_id] for type_id in batch["type"].tolist()]
-            for type_id in batch["type"].unique().tolist():
-                chosen = batch["type"] == type_id
-                self.metrics[f"{split}_{self.type_names[type_id]}"].update(
-                    scores={key: values[chosen] for key, values in scores.items()}
-                )
         output_dir = Path(self.trainer.default_root_dir)
         for i, index in enumerate(indices):
             name = batch["name"][i]
@@ -284,18 +284,17 @@ class RestorationStage(TrainingChassis):
 
     def _finish_evaluation(self, split: str) -> None:
         values = {f"{split}/{key}": value for key, value in self.metrics[split].compute().items()}
-        for group in ("degraded", *self.scored_outputs, *self.type_names):
+        for group in ("degraded", *self.scored_outputs):
             scores = self.metrics[f"{split}_{group}"].compute()
-            # a type with no image in this split (summed over ranks) has no score rather than NaN
-            if group in self.type_names and bool(torch.isnan(scores["psnr"])):
-                continue
             values |= {f"{split}/{group}/{key}": value for key, value in scores.items()}
-        for name in (split, "degraded", *self.scored_outputs, *self.type_names):
+        for name in (split, "degraded", *self.scored_outputs):
             self.metrics[name if name == split else f"{split}_{name}"].reset()
-        self.log_evaluation(values)
+        # every rank's per-image records, gathered once: the per-image table and the means per type
         records = sorted(_gather_objects(self._image_records[split]), key=lambda item: item[0])
         self.image_scores[split] = [record for _, record in records]
         self._image_records[split] = []
+        values |= _means_per_type(split, self.image_scores[split], self.type_names)
+        self.log_evaluation(values)
         if split != "val":
             return
         grids = sorted(_gather_objects(self._grids), key=lambda item: item[0])
@@ -315,6 +314,22 @@ class RestorationStage(TrainingChassis):
             captions=[f"{name}: {caption}" for _, name, _, caption in grids],
             step=step,
         )
+
+
+def _means_per_type(
+    split: str, records: list[dict[str, Any]], type_names: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """``<split>/<type>/<metric>``: the mean of each metric over the images of each type (a type with no image
+    in this split has no score rather than NaN)."""
+    means = {}
+    for name in type_names:
+        rows = [record for record in records if record["type"] == name]
+        if not rows:
+            continue
+        for key in ImageQuality.KEYS:
+            total = sum(row[key] for row in rows)
+            means[f"{split}/{name}/{key}"] = torch.tensor(total / len(rows), dtype=torch.float64)
+    return means
 
 
 def _scores_of(values: Mapping[str, torch.Tensor], i: int) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 - optimisation of the trainable network only (frozen towers stay out of the optimizer), per-iteration
   learning-rate schedules, and an EMA copy of the network (parameters and buffers);
-- a NaN/inf loss check that stops training cleanly at the bad step (see :meth:`TrainingChassis.checked_loss`);
+- a NaN/inf loss check that never waits for the device: a flag on the device, read at logging steps, before
+  each validation and checkpoint and at the end of training, which then stops training and names the first bad
+  step (see :meth:`TrainingChassis.checked_loss`);
 - frozen towers (guides, prompters, teachers, loss networks): left out of checkpoints, rebuilt from the
   config, and neither reduced nor broadcast by DDP;
 - evaluation metrics logged at ``trainer.global_step`` (:meth:`TrainingChassis.log_evaluation`).
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
@@ -57,10 +61,18 @@ class EMA(nn.Module):
         self.warmup = warmup
         self.module = copy.deepcopy(net).requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # the count on the host, so the decay never waits for the device; None: read it from the buffer
+        self._host_updates: int | None = 0
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_updates = None
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
-        updates = int(self.num_updates)
+        if self._host_updates is None:  # once after building or loading, not at every step
+            self._host_updates = int(self.num_updates)
+        updates = self._host_updates
         decay = min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
         averaged = list(self.module.parameters())
         current = [param.detach() for param in net.parameters()]
@@ -71,6 +83,7 @@ class EMA(nn.Module):
             else:
                 averaged_buffer.copy_(buffer)
         self.num_updates += 1
+        self._host_updates = updates + 1
 
 
 class TrainingChassis(pl.LightningModule):
@@ -92,6 +105,11 @@ class TrainingChassis(pl.LightningModule):
     the config, so checkpoints leave them out (CLIP alone would add 600 MB to each) and loading takes the
     ones just built; DDP neither reduces nor broadcasts them."""
 
+    bookkeeping: tuple[str, ...] = ("ema",)
+    """Attributes holding buffers every rank keeps identical by itself (the EMA copy, a MoCo queue): DDP
+    leaves them out of the broadcast it makes before every forward pass (the MoCo queue alone is 33.7 MB);
+    they are broadcast from rank 0 once, when training starts (also after a resume)."""
+
     def __init__(
         self,
         *,
@@ -108,17 +126,34 @@ class TrainingChassis(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.diverged_at: tuple[int, float] | None = None
         self.last_validated_step: int | None = None
+        # on the training device: the first step whose loss was not finite (-1: none yet) and that loss
+        self._bad_step: torch.Tensor | None = None
+        self._bad_loss: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
         frozen = self._frozen_tower_prefixes()
+        bookkeeping = tuple(f"{name}." for name in self.bookkeeping)
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self,
             [
-                name
-                for name, _ in (*self.named_parameters(), *self.named_buffers())
-                if name.startswith(frozen)
+                *(
+                    name
+                    for name, _ in (*self.named_parameters(), *self.named_buffers())
+                    if name.startswith(frozen)
+                ),
+                *(name for name, _ in self.named_buffers() if name.startswith(bookkeeping)),
             ],
         )
+
+    def on_train_start(self) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for name in self.bookkeeping:
+                module = getattr(self, name, None)
+                if isinstance(module, nn.Module):
+                    for buffer in module.buffers():
+                        dist.broadcast(buffer, src=0)
+                    # host copies of buffer values (EMA count, queue pointer) are read again once
+                    module.load_state_dict(module.state_dict())
 
     def _frozen_tower_prefixes(self, prefix: str = "") -> tuple[str, ...]:
         return tuple(f"{prefix}{tower}." for tower in self.frozen_towers)
@@ -155,19 +190,51 @@ class TrainingChassis(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def checked_loss(self, loss: torch.Tensor) -> torch.Tensor | None:
-        """Return ``loss``, or ``None`` (skipping the optimizer step) and stop training if it is not finite.
+    def checked_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Return ``loss``, noting on the device whether it is finite, without waiting for the device.
 
-        The decision is taken jointly by all ranks, so DDP never waits on a rank that skipped.
-        The weights are those of the last good step; the checkpoint callback saves nothing after this.
+        Reading the loss at every step would stall a GPU, so a non-finite loss is found at the next
+        :meth:`detect_divergence`: at logging steps (``trainer.log_every_n_steps``), before each validation,
+        before the last checkpoint and when a signal stops the run. Training then stops; no checkpoint is
+        written after the bad step (the last one on disk holds the weights of the last good one), and the
+        step and loss reported are those of the first non-finite loss.
         """
-        finite = bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True))
-        if finite:
-            return loss
-        self.diverged_at = (self.global_step, float(loss.detach()))
-        log.error("non-finite training loss %s at step %d; stopping", self.diverged_at[1], self.global_step)
+        value = loss.detach().float()
+        if self._bad_step is None or self._bad_step.device != value.device:
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=value.device)
+            self._bad_loss = torch.zeros((), device=value.device)
+        first = ~torch.isfinite(value) & (self._bad_step < 0)
+        self._bad_step = torch.where(first, torch.full_like(self._bad_step, self.global_step), self._bad_step)
+        self._bad_loss = torch.where(first, value, self._bad_loss)
+        return loss
+
+    def detect_divergence(self) -> bool:
+        """Whether a training loss was not finite on any rank; if so stop training (a device→host sync).
+
+        Every rank must call it at the same point (it reduces the decision across ranks).
+        """
+        if self.diverged_at is not None:
+            return True
+        local = self._bad_step is not None and bool(self._bad_step >= 0)
+        if not self.trainer.strategy.reduce_boolean_decision(local, all=False):
+            return False
+        assert self._bad_loss is not None
+        self.diverged_at = (
+            (int(self._bad_step), float(self._bad_loss)) if local else (self.global_step, math.nan)
+        )
+        log.error(
+            "non-finite training loss %s at step %d; stopping", self.diverged_at[1], self.diverged_at[0]
+        )
         self.trainer.should_stop = True
-        return None
+        return True
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # a logging step reads values anyway
+            self.detect_divergence()
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.detect_divergence()  # before this validation's checkpoint
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -5,7 +5,9 @@ Fan, Zhang and Chang, "ConStyle v2: A Strong Prompter for All-in-One Image Resto
 ``models/constyle_v2_model.py`` (the losses). The query encoder is the stage's ``net`` (a
 :class:`~restoration.archs.constyle.ConStyleEncoder`) and sees the degraded image (``batch["lq"]``); a
 momentum copy of it, the key encoder (official ``encoder_k``, m = 0.999, never in the optimizer), sees the
-clean image (``batch["gt"]``); a queue of K latents (official 65,760 × 128) gives the negatives. Per step,
+clean image (``batch["key"]``, a crop the datamodule draws independently of the query's, as the official
+recipe, with ``datamodule.key_view=true``; else ``batch["gt"]``, the clean image of the query's own crop); a
+queue of K latents (official 65,760 × 128) gives the negatives. Per step,
 in the official order: query forward, momentum update of the key encoder, key forward, logits against the
 queue as it was before this step, then the queue write. The losses, each weighted:
 
@@ -34,11 +36,6 @@ The key encoder runs in train mode as in the official code and MoCo (BatchNorm o
 classifier dropout on); the momentum update moves its parameters only, as in both, and its BatchNorm
 running statistics come from its own forward passes on clean images (used only by validation).
 
-With ``independent_crops`` (official: two independent RandomResizedCrops) the key view is a random resized
-crop of the clean batch (area and aspect ranges of torchvision's RandomResizedCrop, per sample, drawn from
-``(seed, stream position)``), enlarged back to the crop size; the degraded view stays as the datamodule made
-it, since re-scaling a degraded image would change its degradation (enlarging blurs the noise).
-
 Validation (PSNR means nothing for a prompter) scores the EMA query encoder on whole images:
 ``val/pretext_top1`` (classifier top-1 on the labels or types, the official ImageNet metric),
 ``val/infonce_top1`` (the positive key beats every queue entry), ``val/infonce`` (the InfoNCE loss) and
@@ -48,8 +45,7 @@ Validation (PSNR means nothing for a prompter) scores the EMA query encoder on w
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +58,6 @@ from torchmetrics.aggregation import MeanMetric
 
 from restoration.archs import load_pretrained
 from restoration.archs.constyle import ConStyleEncoder
-from restoration.data.datasets import stream_seed
 from restoration.errors import ConfigError
 from restoration.guides.base import Guide
 from restoration.stages.chassis import TrainingChassis
@@ -85,8 +80,6 @@ _MODES = ("faithful", "standard")
 _STYLE_FORMS = ("official", "bounded")
 _PRETEXTS = ("class", "degradation")
 _SCORES = ("pretext_top1", "infonce_top1", "infonce", "cosine")
-# Tags the key-view crop stream apart from the datamodule's streams of the same position.
-_KEY_CROP_STREAM = 21
 
 
 # ---- losses ------------------------------------------------------------------------------------
@@ -172,6 +165,12 @@ class EmbeddingQueue(nn.Module):
         queue = torch.randn(dim, size)
         self.register_buffer("queue", F.normalize(queue, dim=0) if normalise else queue)
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        # the pointer on the host, so a step never waits for the device to read it; None: read the buffer
+        self._host_ptr: int | None = 0
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_ptr = None
 
     @property
     def size(self) -> int:
@@ -191,12 +190,15 @@ class EmbeddingQueue(nn.Module):
                 "(datamodule.batch_size × devices); choose e.g. a queue size of "
                 f"{max(1, self.size // count) * count}"
             )
-        start = int(self.queue_ptr)
+        if self._host_ptr is None:  # once after loading, not at every step
+            self._host_ptr = int(self.queue_ptr)
+        start = self._host_ptr
         following = (start + count) % self.size
         overwritten = self.queue[:, start : start + count].T.clone()
         after = self.queue[:, following : following + count].T.clone()
         self.queue[:, start : start + count] = latents.detach().T.to(self.queue.dtype)
-        self.queue_ptr[0] = following
+        self.queue_ptr.fill_(following)
+        self._host_ptr = following
         return after, overwritten
 
 
@@ -259,18 +261,16 @@ class ConStylePretrainStage(TrainingChassis):
             (degradation type ids).
         class_steps: the pretext loss is active for the first this many steps (official ``class_iter`` 50k).
         kd_steps: the distillation loss is active for the first this many steps; ``None``: always.
-        independent_crops: the key sees a random resized crop of the clean batch rather than the same crop.
-        key_crop_scale: area fraction range of that crop (torchvision's RandomResizedCrop default).
-        key_crop_ratio: aspect-ratio range of that crop (idem).
         teacher: ``{"name": timm model or None, "checkpoint": local file}``; with a name, the distillation
             teacher is that frozen classifier on the clean image instead of the key encoder.
-        seed: seed of the key-view crops (the run's ``seed``).
         ema_decay: decay of the EMA copy of ``net`` (0.999).
         ema_warmup: ramp the EMA decay up over the first updates (:class:`~restoration.stages.chassis.EMA`).
     """
 
     # the timm teacher is rebuilt from its own file, not stored in checkpoints
     frozen_towers = ("teacher",)
+    # identical on every rank (it receives every rank's latents): not broadcast by DDP at every step
+    bookkeeping = ("ema", "queue")
 
     def __init__(
         self,
@@ -287,11 +287,7 @@ class ConStylePretrainStage(TrainingChassis):
         pretext: str = "class",
         class_steps: int = 50000,
         kd_steps: int | None = None,
-        independent_crops: bool = True,
-        key_crop_scale: Sequence[float] = (0.08, 1.0),
-        key_crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         teacher: Mapping[str, Any] | None = None,
-        seed: int = 0,
         ema_decay: float | None = 0.999,
         ema_warmup: bool = True,
     ) -> None:
@@ -310,12 +306,6 @@ class ConStylePretrainStage(TrainingChassis):
         if not 0.0 <= momentum < 1.0 or temperature <= 0.0:
             raise ConfigError(
                 f"stage.momentum={momentum}, stage.temperature={temperature}; expected 0 <= m < 1 and T > 0"
-            )
-        low, high = key_crop_scale
-        if not 0.0 < low <= high <= 1.0 or not 0.0 < key_crop_ratio[0] <= key_crop_ratio[1]:
-            raise ConfigError(
-                f"stage.key_crop_scale={list(key_crop_scale)}, stage.key_crop_ratio={list(key_crop_ratio)}; "
-                "expected area fractions 0 < low <= high <= 1 and a positive ratio range"
             )
         self.loss_weights = {name: 1.0 for name in LOSS_NAMES} | {
             name: float(weight) for name, weight in (loss_weights or {}).items()
@@ -336,10 +326,6 @@ class ConStylePretrainStage(TrainingChassis):
         self.pretext = pretext
         self.class_steps = class_steps
         self.kd_steps = kd_steps
-        self.independent_crops = independent_crops
-        self.key_crop_scale = (float(low), float(high))
-        self.key_crop_ratio = (float(key_crop_ratio[0]), float(key_crop_ratio[1]))
-        self.seed = seed
         # official encoder_k: starts as a copy of the query encoder and only moves by the momentum update
         self.key_encoder = copy.deepcopy(net).requires_grad_(False)
         self.queue = EmbeddingQueue(dim=net.latent_dim, size=queue_size, normalise=mode == "standard")
@@ -361,6 +347,7 @@ class ConStylePretrainStage(TrainingChassis):
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        self._check_pretext_labels(datamodule)
         batch_size = getattr(datamodule, "batch_size", None)
         if batch_size is not None:
             per_step = batch_size * self.trainer.world_size
@@ -376,11 +363,9 @@ class ConStylePretrainStage(TrainingChassis):
         return F.normalize(latents, dim=1) if self.mode == "standard" else latents
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        degraded, clean = batch["lq"], batch["gt"]
+        degraded, clean = batch["lq"], batch.get("key", batch["gt"])
         if degraded.shape[0] < 2:
             raise ConfigError("constyle_pretrain needs datamodule.batch_size >= 2 (BatchNorm1d heads)")
-        if self.independent_crops:
-            clean = self.key_view(clean, int(batch["index"][0]))
         query = self.net(degraded)
         with torch.no_grad():  # official order: momentum update, then the key forward
             momentum_update(self.key_encoder, self.net, momentum=self.momentum)
@@ -428,33 +413,36 @@ class ConStylePretrainStage(TrainingChassis):
         return after[own], overwritten[own]
 
     def pretext_labels(self, batch: dict[str, Any]) -> Tensor:
-        """The pretext targets: class labels or degradation type ids, checked against the classifier."""
+        """The pretext targets: class labels or degradation type ids (checked once, in ``on_fit_start``)."""
         labels = batch["label"] if self.pretext == "class" else batch["type"]
-        labels = torch.as_tensor(labels, device=batch["lq"].device).long()
-        if self.pretext == "class" and bool((labels < 0).any()):
+        return torch.as_tensor(labels, device=batch["lq"].device).long()
+
+    def _check_pretext_labels(self, datamodule: Any) -> None:
+        """Stop before training when the data's labels or types do not fit the pretext classifier."""
+        if datamodule is None or self.net.num_classes is None:
+            return
+        if self.pretext == "degradation":
+            names = tuple(getattr(datamodule, "degradation_names", ()))
+            if len(names) > self.net.num_classes:
+                raise ConfigError(
+                    f"stage.pretext=degradation: {len(names)} degradation types do not fit the prompter's "
+                    f"{self.net.num_classes}-way classifier; raise backbone.num_classes"
+                )
+            return
+        source = getattr(datamodule, "sources", {}).get("train")
+        if source is None or not source.scanned:
+            return
+        labels = [source.label(i) for i in range(len(source))]
+        if min(labels) < 0:
             raise ConfigError(
                 "stage.pretext=class but the data has no class labels (class sub-folders, ImageNet layout); "
                 "use datamodule=folder on such a tree or stage.pretext=degradation"
             )
-        if bool((labels >= self.net.num_classes).any()):
+        if max(labels) >= self.net.num_classes:
             raise ConfigError(
-                f"stage.pretext={self.pretext}: label {int(labels.max())} does not fit the prompter's "
+                f"stage.pretext=class: label {max(labels)} does not fit the prompter's "
                 f"{self.net.num_classes}-way classifier; raise backbone.num_classes"
             )
-        return labels
-
-    def key_view(self, clean: Tensor, position: int) -> Tensor:
-        """A random resized crop of each clean image at the batch's size, drawn from (seed, position)."""
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, position, _KEY_CROP_STREAM))
-        height, width = clean.shape[-2:]
-        views = []
-        for image in clean:
-            top, left, box_height, box_width = _random_resized_box(
-                height, width, scale=self.key_crop_scale, ratio=self.key_crop_ratio, generator=generator
-            )
-            box = image[None, :, top : top + box_height, left : left + box_width]
-            views.append(F.interpolate(box, size=(height, width), mode="bilinear", align_corners=False))
-        return torch.cat(views).clamp(0, 1)
 
     # ---- validation and test ----------------------------------------------------------------
 
@@ -499,34 +487,3 @@ class ConStylePretrainStage(TrainingChassis):
                 values[f"{split}/{name}"] = metric.compute()
             metric.reset()
         self.log_evaluation(values)
-
-
-def _random_resized_box(
-    height: int,
-    width: int,
-    *,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    generator: torch.Generator,
-) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a box as torchvision's RandomResizedCrop draws it (else central)."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        draws = torch.rand(2, generator=generator).tolist()
-        target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[0])
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
-        box_width = round(math.sqrt(target_area * aspect))
-        box_height = round(math.sqrt(target_area / aspect))
-        if 0 < box_width <= width and 0 < box_height <= height:
-            top = int(torch.randint(height - box_height + 1, (1,), generator=generator))
-            left = int(torch.randint(width - box_width + 1, (1,), generator=generator))
-            return top, left, box_height, box_width
-    aspect = width / height
-    if aspect < ratio[0]:
-        box_width, box_height = width, round(width / ratio[0])
-    elif aspect > ratio[1]:
-        box_height, box_width = height, round(height * ratio[1])
-    else:
-        box_width, box_height = width, height
-    return (height - box_height) // 2, (width - box_width) // 2, box_height, box_width

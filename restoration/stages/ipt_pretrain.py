@@ -1,50 +1,49 @@
 """Stage ``ipt_pretrain``: multi-task pre-training of IPT on synthesized pairs.
 
-H. Chen et al., "Pre-Trained Image Processing Transformer", CVPR 2021, as trained by the MindSpore
-port of the official code (``research/cv/IPT``): clean crops are degraded on the training device
-for one task per step, drawn uniformly from the model's tasks (×2/×3/×4 bicubic super-resolution,
-deraining, denoising σ 30 and 50); the loss is L1 on the restored image plus 0.1 × a patch-contrastive
-term on the decoder tokens (:class:`~restoration.losses.PatchContrastiveLoss`). Unlike the MindSpore code
-the L1 path goes through the transformer.
+H. Chen et al., "Pre-Trained Image Processing Transformer", CVPR 2021, as trained by the MindSpore port of the
+official code (``research/cv/IPT``): the datamodule makes each step's input for one task, drawn uniformly from
+the model's tasks (×2/×3/×4 bicubic super-resolution, deraining, denoising σ 30 and 50), with
+``degradation=ipt_tasks`` (:class:`~restoration.data.degradations.TaskPerStep`: the step's task, its window of
+the clean crops, degraded on the training device; the batch's ``task``); the loss is L1 on the restored image
+plus 0.1 × a patch-contrastive term on the decoder tokens (:class:`~restoration.losses.PatchContrastiveLoss`).
+Unlike the MindSpore code the L1 path goes through the transformer.
 
 **The balance of the two terms depends on the pixel scale.** MindSpore computes L1 on images in 0-255
 (``rgb_range`` 255), so its L1 is 255 times ours on [0, 1] while the contrastive term is scale-free: with
 the same λ = 0.1, an L1 on [0, 1] makes the contrastive term about 255 times heavier. ``pixel_scale``
 (default 255) scores the pixel loss on images multiplied by it, the official balance; 1 keeps L1 on [0, 1].
 
-**One task per step, the same on every rank.** The task of step ``s`` comes from a generator seeded by
-``(seed, s)``: every DDP rank draws the same task, a resumed run draws what an uninterrupted one would,
-and the micro-batches of an accumulated step share their task. Only that task's head and tail take part
+**One task per step, the same on every rank.** The task of step ``s`` is a pure function of ``(seed, s)``
+(drawn on the data side): every DDP rank draws the same task, a resumed run draws what an uninterrupted one
+would, and the micro-batches of an accumulated step share their task. Only that task's head and tail take part
 in the step, so the other heads and tails get no gradient; DDP must then run with
 ``find_unused_parameters=True`` (``trainer.strategy=ddp_find_unused_parameters_true``), which leaves the
 gradient of a parameter unused on every rank at ``None``: the optimizer skips it, so Adam's momentum does
 not move the heads of the tasks not drawn. :meth:`IPTPretrainStage.on_fit_start` stops a DDP run that
 lacks it with that override in the message.
 
-**Validation and test** run every task on every image: the clean image is degraded for the task on the
-CPU with a generator seeded by ``(val_seed, image index, task index)`` (the same inputs on any device and
-in every run), restored through :func:`~restoration.tiling.ipt_tiled_forward` and scored on RGB and Y,
-with a border of ``scale`` pixels cropped for super-resolution (the official protocol). Logged:
-``<split>/<task>/<metric>`` and ``<split>/<task>/degraded/<metric>`` per task, and ``<split>/<metric>``,
-``<split>/degraded/<metric>``, the means over tasks (every task sees the same images), which the
-checkpoints and sweeps optimise.
+**Validation and test** run every task on every image: the datamodule degrades each clean image for every task
+on the CPU with a generator seeded by ``(val_seed, image index)`` (the same inputs on any device and in every
+run; items ``<image>_<task>``, ``type`` = the task's id), and the stage restores each through
+:func:`~restoration.tiling.ipt_tiled_forward` and scores it on RGB and Y, with a border of ``scale`` pixels
+cropped for super-resolution (the official protocol). Logged: ``<split>/<task>/<metric>`` and
+``<split>/<task>/degraded/<metric>`` per task, and ``<split>/<metric>``, ``<split>/degraded/<metric>``, the
+means over tasks (every task sees the same images), which the checkpoints and sweeps optimise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from restoration.archs.ipt import IPT
-from restoration.data.datasets import stream_seed
-from restoration.data.degradations import Degradation
+from restoration.data.batch import Batch
+from restoration.data.degradations import TaskPerStep
 from restoration.errors import ConfigError
 from restoration.metrics import ImageQuality
 from restoration.signals import stop_point
@@ -54,8 +53,6 @@ from restoration.visualize import save_png, to_uint8
 
 __all__ = ["IPTPretrainStage", "IPTTiling"]
 
-# Tags that keep the task, crop and degradation streams apart (the datamodule's own stream uses 1).
-_TASK_STREAM, _CROP_STREAM, _DEGRADATION_STREAM = 11, 12, 13
 _PROTOCOLS = ("official", "fast")
 
 
@@ -118,22 +115,18 @@ class IPTTiling:
 class IPTPretrainStage(RestorationStage):
     """Pre-train a multi-task :class:`~restoration.archs.ipt.IPT` on clean crops degraded per task.
 
-    Expects training batches of clean crops of at least ``48 × the largest scale`` pixels (192 for the
-    six IPT tasks, ``datamodule.crop_size``); each step takes a random ``48·s`` crop of them for the
-    drawn task ``s`` and degrades it to the 48×48 input.
+    Expects the datamodule's :class:`~restoration.data.degradations.TaskPerStep` (``degradation=ipt_tasks``)
+    with one degradation per task of ``net``, at the task's scale: training batches then hold one task
+    (``batch["task"]``), its 48×48 inputs and ``48·s`` targets.
 
     Args:
         net: the multi-task IPT being trained.
-        degradations: task name → the degradation that makes its input from a clean crop; one per task of
-            ``net``, with the task's scale.
         loss: ``(restored, target) -> scalar`` pixel loss (L1).
         contrastive: ``tokens -> scalar`` loss on the N×256×576 decoder tokens, or ``None``.
         contrastive_weight: its weight λ (0.1, IPT).
         pixel_scale: the pixel loss compares ``restored`` and ``target`` multiplied by this: 255 scores
             them on the 0-255 scale as MindSpore does (for L1, 255 × the L1 on [0, 1]), the official balance
             with the contrastive term; 1 scores them on [0, 1].
-        seed: seed of the task draws, crops and training degradations (the run's ``seed``).
-        val_seed: seed of the validation and test degradations (``datamodule.val_seed``).
         tiling: how validation, test and prediction restore whole images (default: the official protocol).
         predict_task: the task :meth:`restore` applies when none is given (prediction); ``None``: the first.
         **base: the shared options of :class:`~restoration.stages.base.RestorationStage` (optimizer,
@@ -144,40 +137,23 @@ class IPTPretrainStage(RestorationStage):
         self,
         *,
         net: IPT,
-        degradations: Mapping[str, Degradation],
         loss: nn.Module,
         contrastive: nn.Module | None,
         contrastive_weight: float = 0.1,
         pixel_scale: float = 255.0,
-        seed: int = 0,
-        val_seed: int = 1,
         tiling: IPTTiling | None = None,
         predict_task: str | None = None,
         **base: Any,
     ) -> None:
-        if set(degradations) != set(net.tasks):
-            raise ConfigError(
-                f"stage.degradations has the tasks {sorted(degradations)} but the IPT backbone has "
-                f"{list(net.tasks)}; give one degradation per task of the backbone"
-            )
-        for task, degradation in degradations.items():
-            if degradation.scale != net.scale_of(task):
-                raise ConfigError(
-                    f"stage.degradations.{task} down-samples by {degradation.scale} but task {task} "
-                    f"upscales by {net.scale_of(task)}"
-                )
         if pixel_scale <= 0:
             raise ConfigError(
                 f"stage.pixel_scale={pixel_scale}; expected a positive scale (255: official, 1: [0, 1])"
             )
         super().__init__(net=net, crop_border=0, **base)
-        self.degradations = dict(degradations)
         self.loss = loss
         self.contrastive = contrastive
         self.contrastive_weight = contrastive_weight
         self.pixel_scale = float(pixel_scale)
-        self.seed = seed
-        self.val_seed = val_seed
         self.tiling = tiling if tiling is not None else IPTTiling()
         self.predict_task = net.tasks[net.task_index(predict_task if predict_task is not None else 0)]
         # Per task; the base's "val"/"test" metrics receive border-cropped images and give the means.
@@ -190,14 +166,37 @@ class IPTPretrainStage(RestorationStage):
             }
         )
         self.last_task: str | None = None
-        self._generators: dict[torch.device, torch.Generator] = {}
+        # the task of each type id of the data (the datamodule's TaskPerStep names), set in setup
+        self.data_tasks: tuple[str, ...] = tuple(net.tasks)
 
-    # ---- training ---------------------------------------------------------------------------
+    # IPT scores each task with its own border (the scale), in task_metrics
+    scores_per_type = False
 
-    def task_at(self, step: int) -> str:
-        """The task of optimizer step ``step``: uniform over the tasks, a pure function of (seed, step)."""
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, step, _TASK_STREAM))
-        return self.net.tasks[int(torch.randint(len(self.net.tasks), (1,), generator=generator))]
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            self.data_tasks = self.check_tasks(getattr(datamodule, "degradation", None))
+
+    def check_tasks(self, tasks: object) -> tuple[str, ...]:
+        """The data's task names, checked against the backbone's tasks and scales."""
+        if not isinstance(tasks, TaskPerStep):
+            raise ConfigError(
+                f"ipt_pretrain needs one task per step made by the data, got degradation "
+                f"{type(tasks).__name__}; set degradation=ipt_tasks"
+            )
+        if set(tasks.names) != set(self.net.tasks):
+            raise ConfigError(
+                f"degradation.ops has the tasks {sorted(tasks.names)} but the IPT backbone has "
+                f"{list(self.net.tasks)}; give one degradation per task of the backbone"
+            )
+        for task, op in zip(tasks.names, tasks.ops, strict=True):
+            if op.scale != self.net.scale_of(task):
+                raise ConfigError(
+                    f"degradation.ops.{task} down-samples by {op.scale} but task {task} upscales by "
+                    f"{self.net.scale_of(task)}"
+                )
+        return tasks.names
 
     def on_fit_start(self) -> None:
         model = self.trainer.strategy.model
@@ -207,10 +206,9 @@ class IPTPretrainStage(RestorationStage):
                 "DDP must allow unused parameters: add trainer.strategy=ddp_find_unused_parameters_true"
             )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        task = self.last_task = self.task_at(self.global_step)
-        target = self._random_crop(batch["gt"], self.net.patch_size * self.net.scale_of(task), batch)
-        degraded, _ = self.degradations[task](target, self._generator(target.device, batch))
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        task = self.last_task = batch["task"]
+        degraded, target = batch["lq"], batch["gt"]
         restored, tokens = self.net(degraded, task, return_tokens=True)
         pixel_loss = self.loss(restored * self.pixel_scale, target * self.pixel_scale)
         loss = pixel_loss
@@ -221,28 +219,6 @@ class IPTPretrainStage(RestorationStage):
         self.log_dict({"train/pixel": pixel_loss, "train/task": float(self.net.task_index(task))})
         self.log("train/loss", loss, prog_bar=True)
         return self.checked_loss(loss)
-
-    def _random_crop(self, clean: Tensor, size: int, batch: dict[str, Any]) -> Tensor:
-        """A ``size``×``size`` crop at one random offset for the batch (its crops are random already)."""
-        height, width = clean.shape[-2:]
-        if min(height, width) < size:
-            largest = self.net.patch_size * max(self.net.scale_of(task) for task in self.net.tasks)
-            raise ConfigError(
-                f"ipt_pretrain needs clean crops of {size}×{size} (48 × the task's scale) but the datamodule "
-                f"gives {height}×{width}; set datamodule.crop_size={largest}"
-            )
-        position = int(batch["index"][0])
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, position, _CROP_STREAM))
-        top = int(torch.randint(height - size + 1, (1,), generator=generator))
-        left = int(torch.randint(width - size + 1, (1,), generator=generator))
-        return clean[..., top : top + size, left : left + size]
-
-    def _generator(self, device: torch.device, batch: dict[str, Any]) -> torch.Generator:
-        """The device generator of this batch's degradation, seeded by (seed, stream position)."""
-        generator = self._generators.get(device)
-        if generator is None:
-            generator = self._generators[device] = torch.Generator(device=device)
-        return generator.manual_seed(stream_seed(self.seed, int(batch["index"][0]), _DEGRADATION_STREAM))
 
     # ---- inference --------------------------------------------------------------------------
 
@@ -271,46 +247,43 @@ class IPTPretrainStage(RestorationStage):
         scale = self.net.scale_of(task)
         return scale if scale > 1 else 0
 
-    def _evaluate_tasks(self, batch: dict[str, Any], split: str) -> None:
-        """Degrade each whole clean image for every task, restore it and score it."""
-        for task_index, task in enumerate(self.net.tasks):
-            scale, border = self.net.scale_of(task), self._border(task)
-            for i, index in enumerate(batch["index"].tolist()):
-                clean = batch["gt"][i : i + 1]
-                target = clean[..., : clean.shape[-2] // scale * scale, : clean.shape[-1] // scale * scale]
-                # degraded on the CPU: the same inputs on every device (CUDA draws other random numbers)
-                generator = torch.Generator().manual_seed(stream_seed(self.val_seed, index, task_index))
-                degraded, _ = self.degradations[task](target.cpu().float(), generator)
-                degraded = degraded.to(target.device)
-                restored = self.restore(degraded, task).float().clamp(0, 1)
-                baseline = _as_large_as(degraded, target)
-                # scored once with the task's border: for the task, the means over tasks and the caption
-                scores = self.task_metrics[f"{split}_{task}"].per_image(restored, target)
-                before = self.task_metrics[f"{split}_{task}_degraded"].per_image(baseline, target)
-                self.task_metrics[f"{split}_{task}"].update(scores=scores)
-                self.task_metrics[f"{split}_{task}_degraded"].update(scores=before)
-                name = f"{batch['name'][i]}_{task}"
-                if split == "test" and self.save_test_images:
-                    output_dir = Path(self.trainer.default_root_dir) / "images" / "test" / "restored"
-                    save_png(to_uint8(restored[0]), output_dir / f"{name}.png")
-                # the means over tasks (the base metrics have no border of their own)
-                self.metrics[split].update(scores=scores)
-                self.metrics[f"{split}_degraded"].update(scores=before)
-                if split == "val" and index < self.num_logged_images:
-                    height, width = target.shape[-2:]
-                    inner = (..., slice(border, height - border), slice(border, width - border))
-                    panels = {
-                        "degraded": (degraded[0], _scores_of(before, 0)),
-                        "restored": (restored[0][inner], _scores_of(scores, 0)),
-                    }
-                    grid = self._grid(panels, target[0][inner])
-                    self._grids.append((index * len(self.net.tasks) + task_index, name, *grid))
+    def _evaluate_tasks(self, batch: Batch, split: str) -> None:
+        """Restore each item (an image degraded for one task by the datamodule) with its task and score it."""
+        for i, (index, type_id) in enumerate(zip(batch["index"], batch["type"].tolist(), strict=True)):
+            task = self.data_tasks[type_id]
+            border = self._border(task)
+            degraded, target = batch["lq"][i : i + 1], batch["gt"][i : i + 1]
+            restored = self.restore(degraded, task).float().clamp(0, 1)
+            baseline = _as_large_as(degraded, target)
+            # scored once with the task's border: for the task, the means over tasks and the caption
+            scores = self.task_metrics[f"{split}_{task}"].per_image(restored, target)
+            before = self.task_metrics[f"{split}_{task}_degraded"].per_image(baseline, target)
+            self.task_metrics[f"{split}_{task}"].update(scores=scores)
+            self.task_metrics[f"{split}_{task}_degraded"].update(scores=before)
+            name = batch["name"][i]
+            if split == "test" and self.save_test_images:
+                output_dir = Path(self.trainer.default_root_dir) / "images" / "test" / "restored"
+                save_png(to_uint8(restored[0]), output_dir / f"{name}.png")
+            # the means over tasks (the base metrics have no border of their own)
+            self.metrics[split].update(scores=scores)
+            self.metrics[f"{split}_degraded"].update(scores=before)
+            if split == "val" and index // len(self.data_tasks) < self.num_logged_images:
+                height, width = target.shape[-2:]
+                inner = (..., slice(border, height - border), slice(border, width - border))
+                panels = {
+                    "degraded": (degraded[0], _scores_of(before, 0)),
+                    "restored": (restored[0][inner], _scores_of(scores, 0)),
+                }
+                self._grids.append((index, name, *self._grid(panels, target[0][inner])))
 
     def _log_task_metrics(self, split: str) -> None:
         values = {}
         for task in self.net.tasks:
             for kind, suffix in (("", ""), ("degraded/", "_degraded")):
                 metrics = self.task_metrics[f"{split}_{task}{suffix}"]
-                values |= {f"{split}/{task}/{kind}{key}": value for key, value in metrics.compute().items()}
+                if int(metrics.count):  # a task with no image in this split has no score rather than NaN
+                    values |= {
+                        f"{split}/{task}/{kind}{key}": value for key, value in metrics.compute().items()
+                    }
                 metrics.reset()
         self.log_evaluation(values)

@@ -14,6 +14,12 @@ perceptual loss are frozen towers: outside ``net`` (so outside the optimizer and
 gradients (so DDP neither reduces nor broadcasts them), and left out of checkpoints (they are rebuilt
 from their config; loading a checkpoint keeps the freshly built ones).
 
+The feature g comes with the batch when the datamodule has it (``batch["osf"]``: ``guide.input=frame``, the
+official feature of the whole degraded image, computed once per image before training); otherwise the guide
+encodes the degraded training crop in the step (``guide.input=crop``, the only choice for degradations
+synthesized every step). Validation takes the batch's ``osf`` too where it has one, and otherwise runs the
+guide on the whole validation image, the same feature.
+
 Validation scores both the refined output (``val/psnr``) and the target's (``val/target/psnr``), and the
 grids show both, so the gain of the module is visible in every run.
 """
@@ -23,7 +29,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -32,6 +39,7 @@ from torch import nn
 from restoration.archs.common import pad_to_multiple
 from restoration.archs.pretrained import load_pretrained
 from restoration.archs.snr_aware import REFINER_PREFIX
+from restoration.data.batch import Batch
 from restoration.errors import ConfigError
 from restoration.guides.base import Guide
 from restoration.losses import VGGPerceptualLoss
@@ -153,6 +161,14 @@ class PTGRMStage(RestorationStage):
         )
         if train_target == "frozen":
             log.info("ptgrm: the target network is frozen; only the refinement module is trained")
+        # the features of the batch being evaluated (RestorationStage._evaluate passes on the images only)
+        self._batch_osf: torch.Tensor | None = None
+
+    @property
+    def osf_guide(self) -> Guide | None:
+        """The guide whose features the stage takes (``None`` with ``refiner=none``: it is not run), for the
+        datamodule to precompute them (``restoration.run``)."""
+        return self.guide if self.net.refiner is not None else None
 
     # ---- training ---------------------------------------------------------------------------
 
@@ -164,31 +180,64 @@ class PTGRMStage(RestorationStage):
         return value
 
     def losses(
-        self, degraded: torch.Tensor, clean: torch.Tensor
+        self, degraded: torch.Tensor, clean: torch.Tensor, osf: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The training loss L(target_out, GT) + λ1·L(refined, GT), and its two terms."""
+        """The training loss L(target_out, GT) + λ1·L(refined, GT), and its two terms.
+
+        ``osf``: the guide's features of the images the crops come from; ``None`` runs the guide on the crops.
+        """
         if self.net.refiner is None:
             loss_target = self.criterion(self.net.target(degraded), clean)
             return loss_target, loss_target, torch.zeros_like(loss_target)
-        osf = self.guide(degraded)
+        if osf is None:
+            osf = self.guide(degraded)
         refined, target_out = self.net(degraded, osf)
         # With a frozen target this term is a constant (no gradient), kept so the logged loss means the same.
         loss_target = self.criterion(target_out, clean)
         loss_refined = self.criterion(refined, clean)
         return loss_target + self.lambda_refined * loss_refined, loss_target, loss_refined
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        loss, loss_target, loss_refined = self.losses(batch["lq"], batch["gt"])
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        loss, loss_target, loss_refined = self.losses(batch["lq"], batch["gt"], batch.get("osf"))
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({"train/loss_target": loss_target, "train/loss_refined": loss_refined})
         return self.checked_loss(loss)
 
     # ---- inference --------------------------------------------------------------------------
 
-    def restore_for_evaluation(self, degraded: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The refined images and the target's output; the guide sees each whole unpadded image."""
+    @contextmanager
+    def _features_of(self, batch: Batch) -> Iterator[None]:
+        """Let :meth:`restore_for_evaluation` take ``batch``'s ``osf`` while the batch is evaluated."""
+        self._batch_osf = batch.get("osf")
+        try:
+            yield
+        finally:
+            self._batch_osf = None
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        with self._features_of(batch):
+            super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        with self._features_of(batch):
+            super().test_step(batch, batch_idx)
+
+    def restore_for_evaluation(
+        self, degraded: torch.Tensor, osf: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The refined images and the target's output.
+
+        ``osf``: the guide's features of the whole images (default: the evaluated batch's, if it has them);
+        otherwise the guide sees each whole unpadded image. Tiles and padding share their image's feature.
+        """
         net = self.eval_net
-        osf = self.guide(degraded) if self.net.refiner is not None else degraded.new_zeros(len(degraded), 1)
+        osf = self._batch_osf if osf is None else osf
+        if self.net.refiner is None:
+            osf = degraded.new_zeros(len(degraded), 1)
+        elif osf is None:
+            osf = self.guide(degraded)
+        elif len(osf) != len(degraded):
+            raise ValueError(f"osf has {len(osf)} rows for {len(degraded)} images")
 
         def forward(images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
             stop_point()  # before each image or batch of tiles, a requested stop is taken here
