@@ -14,6 +14,7 @@ inside it are allowed, and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import traceback
 from pathlib import Path
@@ -69,12 +70,13 @@ class _Counter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _host_work_lines() -> list[tuple[str, range]]:
+@functools.cache
+def _host_work_lines() -> tuple[tuple[str, range], ...]:
     spans = []
     for function in _HOST_WORK:
         lines, start = inspect.getsourcelines(function)
         spans.append((inspect.getsourcefile(function), range(start, start + len(lines))))
-    return spans
+    return tuple(spans)
 
 
 def _record(found: list[str], what: str) -> None:

@@ -19,19 +19,23 @@ warm-up, the two steps taking turns (experiments/bench/ptgrm.py's protocol).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from datetime import date
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from experiments.bench.degradations import cpu_name
-from experiments.bench.ptgrm import RandomClipImageTower, _adam_step, _backbone, _config, _interleaved_medians
+from experiments.bench.ptgrm import (
+    RandomClipImageTower,
+    _adam_step,
+    _backbone,
+    _config,
+    _interleaved_medians,
+    start_bench,
+    step_bench_parser,
+)
 from restoration.losses import CharbonnierLoss
-from restoration.run import keep_freed_memory
 from restoration.stages.ptgrm import PTGRMStage
 
 __all__ = ["main", "step_rows"]
@@ -103,20 +107,11 @@ def _row(name: str, guide: CountedGuide, *, batch: int, size: int, repeats: int)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--targets", nargs="+", default=["snr_aware_tiny", "restormer_tiny"])
+    parser = step_bench_parser(__doc__, targets=["snr_aware_tiny", "restormer_tiny"])
     parser.add_argument("--batch", type=int, default=2, help="ptgrm_lowlight: 2")
     parser.add_argument("--size", type=int, default=256, help="training crop side (ptgrm_lowlight: 256)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
-    keep_freed_memory()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"{date.today()}, {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    start_bench(args)
     rows = step_rows(args.targets, CountedGuide(), batch=args.batch, size=args.size, repeats=args.repeats)
     print("\n".join(rows))
 

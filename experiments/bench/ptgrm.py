@@ -37,7 +37,7 @@ from restoration.losses import CharbonnierLoss
 from restoration.run import keep_freed_memory
 from restoration.stages.ptgrm import PTGRMStage
 
-__all__ = ["RandomClipImageTower", "main"]
+__all__ = ["RandomClipImageTower", "main", "start_bench", "step_bench_parser"]
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -160,24 +160,35 @@ def module_table(official_root: str | None, *, size: int, repeats: int) -> list[
     return rows
 
 
-def main() -> None:
+def step_bench_parser(description: str, *, targets: list[str]) -> argparse.ArgumentParser:
+    """The options of the PTG-RM step benches: ``--targets``, ``--repeats``, ``--threads``."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--targets", nargs="+", default=["snr_aware_tiny", "restormer_tiny", "snr_aware"])
-    parser.add_argument("--size", type=int, default=128, help="training crop side of table 1")
-    parser.add_argument("--module-size", type=int, default=256, help="image side of table 2")
+    parser.add_argument("--targets", nargs="+", default=targets)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument(
-        "--official", default=None, help="checkout of xiaogang00/pretrain_model_boost_restoration"
-    )
-    args = parser.parse_args()
+    return parser
+
+
+def start_bench(args: argparse.Namespace) -> None:
+    """Keep freed memory, set the threads and the seed, print the date, CPU, torch and threads."""
     keep_freed_memory()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"{date.today()}, {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+
+
+def main() -> None:
+    parser = step_bench_parser(__doc__, targets=["snr_aware_tiny", "restormer_tiny", "snr_aware"])
+    parser.add_argument("--size", type=int, default=128, help="training crop side of table 1")
+    parser.add_argument("--module-size", type=int, default=256, help="image side of table 2")
+    parser.add_argument(
+        "--official", default=None, help="checkout of xiaogang00/pretrain_model_boost_restoration"
+    )
+    args = parser.parse_args()
+    start_bench(args)
     print("\n".join(step_table(args.targets, RandomClipImageTower(), size=args.size, repeats=args.repeats)))
     print()
     print("\n".join(module_table(args.official, size=args.module_size, repeats=args.repeats)))

@@ -66,6 +66,10 @@ class EMA(nn.Module):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
+        self.forget_host_copies()
+
+    def forget_host_copies(self) -> None:
+        """The buffers changed outside :meth:`update` (loaded, broadcast): read the count again, once."""
         self._host_updates = None
 
     @torch.no_grad()
@@ -108,7 +112,8 @@ class TrainingChassis(pl.LightningModule):
     bookkeeping: tuple[str, ...] = ("ema",)
     """Attributes holding buffers every rank keeps identical by itself (the EMA copy, a MoCo queue): DDP
     leaves them out of the broadcast it makes before every forward pass (the MoCo queue alone is 33.7 MB);
-    they are broadcast from rank 0 once, when training starts (also after a resume)."""
+    they are broadcast from rank 0 once, when training starts (also after a resume), and their modules then
+    re-read the host copies they keep of buffer values (``forget_host_copies``)."""
 
     def __init__(
         self,
@@ -152,8 +157,7 @@ class TrainingChassis(pl.LightningModule):
                 if isinstance(module, nn.Module):
                     for buffer in module.buffers():
                         dist.broadcast(buffer, src=0)
-                    # host copies of buffer values (EMA count, queue pointer) are read again once
-                    module.load_state_dict(module.state_dict())
+                    module.forget_host_copies()
 
     def _frozen_tower_prefixes(self, prefix: str = "") -> tuple[str, ...]:
         return tuple(f"{prefix}{tower}." for tower in self.frozen_towers)

@@ -170,6 +170,10 @@ class EmbeddingQueue(nn.Module):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
+        self.forget_host_copies()
+
+    def forget_host_copies(self) -> None:
+        """The buffers changed outside :meth:`push` (loaded, broadcast): read the pointer again, once."""
         self._host_ptr = None
 
     @property
