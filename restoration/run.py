@@ -688,6 +688,9 @@ def main(cfg: DictConfig) -> float | None:
     """
     # Printed by Lightning 2.6 on torch 2.14 at every run; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning's caution for iterable datasets with a length; LitData's stream (datamodule=streaming) gives
+    # each loader worker its own chunks, so its length is right.
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     sweep_job = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         value = run(cfg)

@@ -137,3 +137,16 @@ def test_list_images_filters_and_sorts(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     found = [path.relative_to(tmp_path).as_posix() for path in list_images(tmp_path)]
     assert found == ["a/1.jpg", "b/2.PNG", "c.tiff"]
+
+
+def test_packed_bytes_decode_as_the_file(tmp_path: Path) -> None:
+    """``read_image(path, data)``, what a packed image is read with, equals reading the file, every format."""
+    write_image(tmp_path / "rgb.jpg", seed=1)
+    write_image(tmp_path / "palette.png", mode="L", seed=2)
+    write_image(tmp_path / "g16.png", mode="I;16")
+    _png16(tmp_path / "rgb16.png", np.random.default_rng(3).integers(0, 65536, (6, 5, 3), dtype=np.uint16))
+    tifffile.imwrite(tmp_path / "deep.tif", np.random.default_rng(4).integers(0, 65536, (5, 7, 3), np.uint16))
+    for path in sorted(tmp_path.iterdir()):
+        assert torch.equal(read_image(path, path.read_bytes()), read_image(path)), path.name
+    with pytest.raises(DataError, match=r"^c1/x.png: cannot decode the image"):
+        read_image(Path("c1/x.png"), b"\x89PNG\r\n\x1a\n broken")

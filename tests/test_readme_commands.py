@@ -8,7 +8,8 @@ substitutions a CPU test machine needs, and nothing else:
   sweep run here one after the other; tests/test_launchers.py checks its sbatch script) and step counts
   (``max_steps``, ``val_every``, an Optuna study's ``hydra.sweeper.n_trials``, one here) are dropped with it;
 - dataset folders (``/data/...``, ``/x/...``) become small generated datasets in the documented layout
-  under the working directory;
+  under the working directory (for ``datamodule=streaming``, a generated folder packed by
+  :func:`restoration.data.pack.pack`);
 - a file placeholder such as ``logs/<task>/runs/<stamp>/checkpoints/last.ckpt`` is the newest matching
   file; when an earlier command did not make one (or for ``ckpt_path=last``), the test first trains that
   task's experiment with ``trainer=smoke``;
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from restoration.data.pack import pack
 from restoration.data.sources import _hash_fraction
 
 from .conftest import ROOT, run_as_typed, write_image
@@ -102,6 +104,11 @@ def _make_dataset(path: Path, args: list[str]) -> None:
     if path.exists():
         return
     names = [f"{image:04d}.png" for image in range(3)]
+    if "datamodule=streaming" in args:  # a pack of a generated ImageNet-layout folder
+        source = path.with_name(f"{path.name}-source") / "train"
+        _make_dataset(source, [])
+        pack(source, path, progress=False)
+        return
     if "datamodule=paired" in args and path.name not in ("input", "target"):
         folders = [path / split / kind for split in ("train", "val") for kind in ("lq", "gt")]
     elif path.name == "train":

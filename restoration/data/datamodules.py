@@ -13,6 +13,11 @@ seeding from it never waits for the device. Every batch reaching a stage is a
 :class:`~restoration.data.batch.Batch`: ``lq`` (N×3×h×w), ``gt`` (N×3×H×W), ``index``, ``label`` (class
 label or -1) and ``type`` (degradation type id, see :attr:`degradation_names`).
 
+A packed training split (:class:`~restoration.data.streaming.PackedImages`, ``datamodule=streaming``) is
+streamed by LitData (:class:`~restoration.data.streaming.StreamingCrops`, a ``StreamingDataLoader`` whose
+state Lightning saves in the checkpoint) instead of read by stream position; the datamodule numbers its
+batches' positions itself, so degradations and IPT's task per step are seeded as on the folder path.
+
 With a guide attached (:meth:`RestorationDataModule.attach_features`, PTG-RM's ``guide.input=frame``), the
 guide's feature of every paired training and validation image's whole degraded image is computed once in
 ``setup`` (and kept on disk when a cache folder is given), and every sample carries its image's row as
@@ -27,6 +32,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from litdata import StreamingDataLoader
 from torch.utils.data import DataLoader, Dataset
 
 from restoration.data.batch import Batch, Stream, stream_seed
@@ -40,6 +46,7 @@ from restoration.data.datasets import (
 )
 from restoration.data.degradations import Degradation, TaskPerStep
 from restoration.data.sources import ImageSource
+from restoration.data.streaming import PackedImages, StreamingCrops
 from restoration.errors import ConfigError, DataError
 from restoration.signals import leave_sigterm_to_main_process
 
@@ -152,6 +159,8 @@ class RestorationDataModule(pl.LightningDataModule):
         self.features: Callable[..., torch.Tensor] | None = None
         # the features of each source, by id: the test split is the val source by default
         self._features: dict[int, torch.Tensor] = {}
+        # training batches read so far by a streamed training split (None: not streamed)
+        self._streamed_batches: int | None = None
 
     @property
     def paired_training(self) -> bool:
@@ -264,7 +273,7 @@ class RestorationDataModule(pl.LightningDataModule):
             "datamodule %s: %s split has %d images (%s)", self.name, label, len(source), source.description
         )
 
-    def _train_crops(self, source: ImageSource, *, seed: int) -> TrainCrops:
+    def _train_crops(self, source: ImageSource, *, seed: int) -> TrainCrops | StreamingCrops:
         tasks = self.degradation
         if isinstance(tasks, TaskPerStep) and self.crop_size < tasks.crop_size:
             raise ConfigError(
@@ -272,24 +281,29 @@ class RestorationDataModule(pl.LightningDataModule):
                 f"clean crops of {tasks.crop_size} ({tasks.patch_size} × the largest scale); "
                 f"set datamodule.crop_size={tasks.crop_size}"
             )
-        return TrainCrops(
-            source,
-            crop_size=self.crop_size,
-            scale=self._data_scale(source),
-            hflip=self.hflip,
-            rotate=self.rotate,
-            seed=seed,
-            on_small=self.on_small,
-            cache_images=self.cache_images,
-            skip_bad_files=self.skip_bad_files,
-            grey=self.grey,
-            crop=self.crop,
-            resize=self.resize,
-            crop_scale=self.crop_scale,
-            crop_ratio=self.crop_ratio,
-            key_view=self.key_view,
-            osf=self._features_of(source),
-        )
+        options: dict[str, Any] = {
+            "crop_size": self.crop_size,
+            "scale": self._data_scale(source),
+            "hflip": self.hflip,
+            "rotate": self.rotate,
+            "seed": seed,
+            "on_small": self.on_small,
+            "skip_bad_files": self.skip_bad_files,
+            "grey": self.grey,
+            "crop": self.crop,
+            "resize": self.resize,
+            "crop_scale": self.crop_scale,
+            "crop_ratio": self.crop_ratio,
+            "key_view": self.key_view,
+        }
+        if isinstance(source, PackedImages):
+            if self.cache_images:
+                raise ConfigError(
+                    f"datamodule {self.name}: cache_images=true keeps decoded images per worker, but "
+                    f"{source.description} is streamed; set datamodule.cache_images=false"
+                )
+            return StreamingCrops(source, **options)
+        return TrainCrops(source, cache_images=self.cache_images, osf=self._features_of(source), **options)
 
     def _data_scale(self, source: ImageSource) -> int:
         """GT / LQ size ratio: the paired source's, else the degradation's (crops must be multiples of it)."""
@@ -303,12 +317,24 @@ class RestorationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
-        assert isinstance(dataset, TrainCrops | TaskMixCrops)
+        assert isinstance(dataset, TrainCrops | TaskMixCrops | StreamingCrops)
         rank, world_size = self._rank_and_world()
         # Resuming: continue the stream where the checkpoint's step left it (see datasets.py).
         start_step = 0
         if self.trainer is not None:
             start_step = self.trainer.global_step * self.trainer.accumulate_grad_batches
+        if isinstance(dataset, StreamingCrops):
+            # LitData shards, orders and resumes the stream (its loader's state is in the checkpoint);
+            # the batches' stream positions are numbered in on_before_batch_transfer from start_step.
+            self._streamed_batches = start_step
+            return StreamingDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                worker_init_fn=leave_sigterm_to_main_process,
+                generator=torch.Generator().manual_seed(stream_seed(self.seed, rank, Stream.WORKER)),
+            )
         sampler = StreamBatchSampler(
             batch_size=self.batch_size, rank=rank, world_size=world_size, start_step=start_step
         )
@@ -347,6 +373,12 @@ class RestorationDataModule(pl.LightningDataModule):
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         # the indices stay on the host: seeding from them must not wait for the device
         batch["index"] = batch["index"].tolist()
+        if self.trainer is not None and self.trainer.training and self._streamed_batches is not None:
+            # a streamed batch: its stream positions, as StreamBatchSampler numbers the folder path's
+            rank, world_size = self._rank_and_world()
+            first = (self._streamed_batches * world_size + rank) * self.batch_size
+            batch["index"] = list(range(first, first + len(batch["index"])))
+            self._streamed_batches += 1
         return batch
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> Batch:

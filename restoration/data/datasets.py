@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from restoration.data.sources import ImageSource
 from restoration.errors import ConfigError, DataError
 
 __all__ = [
+    "CropPipeline",
     "DegradedImages",
     "ShardSampler",
     "StreamBatchSampler",
@@ -107,7 +109,156 @@ def random_resized_box(
     return (height - box_height) // 2, (width - box_width) // 2, box_height, box_width
 
 
-class TrainCrops(Dataset):
+class CropPipeline:
+    """The crop, views and flips that make a training sample of one image: shared by :class:`TrainCrops`
+    (images of a source, by stream position) and
+    :class:`~restoration.data.streaming.StreamingCrops` (images streamed from packed chunks).
+
+    A sample is a pure function of the image and its ``key``: the crop and flips come from a generator
+    seeded with ``(seed, key, Stream.CROP)``, the key view's from ``(seed, key, Stream.VIEW)``.
+    The arguments are :class:`TrainCrops`'; ``paired`` says whether images come with their LQ image and
+    ``description`` names the data in messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        crop_size: int,
+        scale: int = 1,
+        hflip: bool = True,
+        rotate: bool = False,
+        seed: int = 0,
+        on_small: str = "error",
+        grey: bool = False,
+        crop: str = "random",
+        resize: int | None = None,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        key_view: bool = False,
+        paired: bool = False,
+        description: str = "images",
+    ) -> None:
+        if crop_size % scale:
+            raise DataError(
+                f"crop_size {crop_size} is not a multiple of the scale {scale}; choose e.g. {scale * 48}"
+            )
+        if crop not in _CROPS:
+            raise ConfigError(f"datamodule.crop={crop!r}; expected one of {list(_CROPS)}")
+        low, high = crop_scale
+        if not 0.0 < low <= high <= 1.0 or not 0.0 < crop_ratio[0] <= crop_ratio[1]:
+            raise ConfigError(
+                f"datamodule.crop_scale={list(crop_scale)}, datamodule.crop_ratio={list(crop_ratio)}; "
+                "expected area fractions 0 < low <= high <= 1 and a positive ratio range"
+            )
+        if (crop == "resized" or key_view or resize is not None) and paired:
+            raise ConfigError(
+                f"{description} is paired: datamodule.crop=resized, resize and key_view need clean "
+                "images (their LQ view is synthesized after the crop)"
+            )
+        if resize is not None and resize < crop_size and crop == "random":
+            raise ConfigError(
+                f"datamodule.resize={resize} is below crop_size={crop_size}; raise resize or lower crop_size"
+            )
+        if on_small not in ("error", "skip", "resize"):
+            raise DataError(f"on_small={on_small!r}; expected 'error', 'skip' or 'resize'")
+        self.crop = crop
+        self.resize = resize
+        self.crop_scale = (float(low), float(high))
+        self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
+        self.key_view = key_view
+        self.crop_size = crop_size
+        self.scale = scale
+        self.hflip = hflip
+        self.rotate = rotate
+        self.seed = seed
+        self.on_small = on_small
+        self.grey = grey
+
+    def _fitted(self, gt: torch.Tensor, lq: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The image (pair) ready to crop: resized to ``resize``, or enlarged when ``on_small=resize``."""
+        if self.resize is not None:
+            return _resize_shorter_side(gt, self.resize), lq
+        if self.on_small == "resize" and min(gt.shape[1:]) < self.crop_size:
+            return self._enlarge(gt, lq)
+        return gt, lq
+
+    def _enlarge(self, gt: torch.Tensor, lq: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        factor = self.crop_size / min(gt.shape[1:])
+        size = [max(self.crop_size, round(side * factor / self.scale) * self.scale) for side in gt.shape[1:]]
+
+        def resize(image: torch.Tensor, sides: list[int]) -> torch.Tensor:
+            return F.interpolate(image[None], size=sides, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+        return resize(gt, size), None if lq is None else resize(lq, [side // self.scale for side in size])
+
+    def _sample(
+        self, gt: torch.Tensor, lq: torch.Tensor | None, *, key: int, label: int
+    ) -> dict[str, torch.Tensor | int]:
+        """The training sample of a fitted image (pair): crop(s), grey, flips; ``index`` is ``key``."""
+        generator = _generator(self.seed, key, Stream.CROP)
+        if lq is None and (self.crop == "resized" or self.key_view):
+            return self._views(gt, key, label, generator)
+        patch = self.crop_size if lq is None else self.crop_size // self.scale
+        reference = gt if lq is None else lq
+        top, left = (
+            int(torch.randint(side - patch + 1, (1,), generator=generator)) for side in reference.shape[1:]
+        )
+        if lq is not None:
+            lq = lq[:, top : top + patch, left : left + patch]
+            top, left = top * self.scale, left * self.scale
+        gt = gt[:, top : top + self.crop_size, left : left + self.crop_size]
+        if self.grey:  # the crop only: cheaper than the whole image
+            gt, lq = to_grey(gt), None if lq is None else to_grey(lq)
+        flips = torch.rand(3, generator=generator) < 0.5
+        sample: dict[str, torch.Tensor | int] = {"gt": self._augment(gt, flips), "index": key, "label": label}
+        if lq is not None:
+            sample["lq"] = self._augment(lq, flips)
+            sample["type"] = 0
+        return sample
+
+    def _views(
+        self, image: torch.Tensor, key: int, label: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor | int]:
+        """The crop of clean ``image`` (``gt``), and with ``key_view`` a second one drawn independently."""
+        sample: dict[str, torch.Tensor | int] = {"index": key, "label": label}
+        views = {"gt": generator}
+        if self.key_view:
+            views["key"] = _generator(self.seed, key, Stream.VIEW)
+        for name, draws in views.items():
+            view = self._crop(image, draws)
+            if self.grey:
+                view = to_grey(view)
+            sample[name] = self._augment(view, torch.rand(3, generator=draws) < 0.5)
+        return sample
+
+    def _crop(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One ``crop_size`` crop of a clean image: a random window, or a random resized box."""
+        height, width = image.shape[1:]
+        if self.crop == "random":
+            top, left = (
+                int(torch.randint(side - self.crop_size + 1, (1,), generator=generator))
+                for side in (height, width)
+            )
+            return image[:, top : top + self.crop_size, left : left + self.crop_size]
+        top, left, box_height, box_width = random_resized_box(
+            height, width, scale=self.crop_scale, ratio=self.crop_ratio, generator=generator
+        )
+        box = image[None, :, top : top + box_height, left : left + box_width]
+        size = (self.crop_size, self.crop_size)
+        resized = F.interpolate(box, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return resized[0].clamp(0, 1)
+
+    def _augment(self, image: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        if self.hflip and flips[0]:
+            image = image.flip(-1)
+        if self.rotate and flips[1]:
+            image = image.flip(-2)
+        if self.rotate and flips[2]:
+            image = image.transpose(-1, -2)
+        return image.contiguous()
+
+
+class TrainCrops(CropPipeline, Dataset):
     """Random ``crop_size`` crops (GT pixels) with flips, indexed by stream position.
 
     Args:
@@ -142,65 +293,21 @@ class TrainCrops(Dataset):
         source: ImageSource,
         *,
         crop_size: int,
-        scale: int = 1,
-        hflip: bool = True,
-        rotate: bool = False,
-        seed: int = 0,
-        on_small: str = "error",
         cache_images: bool = False,
         skip_bad_files: bool = False,
-        grey: bool = False,
-        crop: str = "random",
-        resize: int | None = None,
-        crop_scale: Sequence[float] = (0.08, 1.0),
-        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-        key_view: bool = False,
         osf: torch.Tensor | None = None,
+        **options: Any,
     ) -> None:
-        if crop_size % scale:
-            raise DataError(
-                f"crop_size {crop_size} is not a multiple of the scale {scale}; choose e.g. {scale * 48}"
-            )
-        if crop not in _CROPS:
-            raise ConfigError(f"datamodule.crop={crop!r}; expected one of {list(_CROPS)}")
-        low, high = crop_scale
-        if not 0.0 < low <= high <= 1.0 or not 0.0 < crop_ratio[0] <= crop_ratio[1]:
-            raise ConfigError(
-                f"datamodule.crop_scale={list(crop_scale)}, datamodule.crop_ratio={list(crop_ratio)}; "
-                "expected area fractions 0 < low <= high <= 1 and a positive ratio range"
-            )
-        if (crop == "resized" or key_view or resize is not None) and source.paired:
-            raise ConfigError(
-                f"{source.description} is paired: datamodule.crop=resized, resize and key_view need clean "
-                "images (their LQ view is synthesized after the crop)"
-            )
-        if resize is not None and resize < crop_size and crop == "random":
-            raise ConfigError(
-                f"datamodule.resize={resize} is below crop_size={crop_size}; raise resize or lower crop_size"
-            )
-        self.crop = crop
-        self.resize = resize
-        self.crop_scale = (float(low), float(high))
-        self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
-        self.key_view = key_view
+        super().__init__(crop_size=crop_size, paired=source.paired, description=source.description, **options)
         self.source = source
         self.osf = _checked_features(osf, source)
-        self.crop_size = crop_size
-        self.scale = scale
-        self.hflip = hflip
-        self.rotate = rotate
-        self.seed = seed
         self.cache_images = cache_images
         self.skip_bad_files = skip_bad_files
-        self.on_small = on_small
-        self.grey = grey
-        self.indices = self._usable_indices(on_small)
+        self.indices = self._usable_indices(self.on_small)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._order: tuple[int, torch.Tensor] | None = None
 
     def _usable_indices(self, on_small: str) -> list[int]:
-        if on_small not in ("error", "skip", "resize"):
-            raise DataError(f"on_small={on_small!r}; expected 'error', 'skip' or 'resize'")
         if self.resize is not None or self.crop == "resized":
             return list(range(len(self.source)))  # every image is resized to fit
         small = [i for i in range(len(self.source)) if min(self.source.size(i)) < self.crop_size]
@@ -233,23 +340,10 @@ class TrainCrops(Dataset):
     def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         if index in self._cache:
             return self._cache[index]
-        gt, lq = self.source.read(index)
-        if self.resize is not None:
-            gt = _resize_shorter_side(gt, self.resize)
-        elif self.on_small == "resize" and min(gt.shape[1:]) < self.crop_size:
-            gt, lq = self._enlarge(gt, lq)
+        gt, lq = self._fitted(*self.source.read(index))
         if self.cache_images:
             self._cache[index] = (gt, lq)
         return gt, lq
-
-    def _enlarge(self, gt: torch.Tensor, lq: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        factor = self.crop_size / min(gt.shape[1:])
-        size = [max(self.crop_size, round(side * factor / self.scale) * self.scale) for side in gt.shape[1:]]
-
-        def resize(image: torch.Tensor, sides: list[int]) -> torch.Tensor:
-            return F.interpolate(image[None], size=sides, mode="bicubic", align_corners=False)[0].clamp(0, 1)
-
-        return resize(gt, size), None if lq is None else resize(lq, [side // self.scale for side in size])
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor | int]:
         index = self._image_at(position)
@@ -264,73 +358,10 @@ class TrainCrops(Dataset):
                 index = self._image_at(position + attempt + 1)
         else:
             raise DataError(f"{self.source.description}: no training image could be read")
-        generator = _generator(self.seed, position, Stream.CROP)
-        if lq is None and (self.crop == "resized" or self.key_view):
-            return self._views(gt, position, index, generator)
-        patch = self.crop_size if lq is None else self.crop_size // self.scale
-        reference = gt if lq is None else lq
-        top, left = (
-            int(torch.randint(side - patch + 1, (1,), generator=generator)) for side in reference.shape[1:]
-        )
-        if lq is not None:
-            lq = lq[:, top : top + patch, left : left + patch]
-            top, left = top * self.scale, left * self.scale
-        gt = gt[:, top : top + self.crop_size, left : left + self.crop_size]
-        if self.grey:  # the crop only: cheaper than the whole image
-            gt, lq = to_grey(gt), None if lq is None else to_grey(lq)
-        flips = torch.rand(3, generator=generator) < 0.5
-        sample: dict[str, torch.Tensor | int] = {
-            "gt": self._augment(gt, flips),
-            "index": position,
-            "label": self.source.label(index),
-        }
-        if lq is not None:
-            sample["lq"] = self._augment(lq, flips)
-            sample["type"] = 0
+        sample = self._sample(gt, lq, key=position, label=self.source.label(index))
         if self.osf is not None:
             sample["osf"] = self.osf[index]
         return sample
-
-    def _views(
-        self, image: torch.Tensor, position: int, index: int, generator: torch.Generator
-    ) -> dict[str, torch.Tensor | int]:
-        """The crop of clean ``image`` (``gt``), and with ``key_view`` a second one drawn independently."""
-        sample: dict[str, torch.Tensor | int] = {"index": position, "label": self.source.label(index)}
-        views = {"gt": generator}
-        if self.key_view:
-            views["key"] = _generator(self.seed, position, Stream.VIEW)
-        for key, draws in views.items():
-            view = self._crop(image, draws)
-            if self.grey:
-                view = to_grey(view)
-            sample[key] = self._augment(view, torch.rand(3, generator=draws) < 0.5)
-        return sample
-
-    def _crop(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One ``crop_size`` crop of a clean image: a random window, or a random resized box."""
-        height, width = image.shape[1:]
-        if self.crop == "random":
-            top, left = (
-                int(torch.randint(side - self.crop_size + 1, (1,), generator=generator))
-                for side in (height, width)
-            )
-            return image[:, top : top + self.crop_size, left : left + self.crop_size]
-        top, left, box_height, box_width = random_resized_box(
-            height, width, scale=self.crop_scale, ratio=self.crop_ratio, generator=generator
-        )
-        box = image[None, :, top : top + box_height, left : left + box_width]
-        size = (self.crop_size, self.crop_size)
-        resized = F.interpolate(box, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return resized[0].clamp(0, 1)
-
-    def _augment(self, image: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        if self.hflip and flips[0]:
-            image = image.flip(-1)
-        if self.rotate and flips[1]:
-            image = image.flip(-2)
-        if self.rotate and flips[2]:
-            image = image.transpose(-1, -2)
-        return image.contiguous()
 
 
 class WholeImages(Dataset):

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -318,15 +319,21 @@ def image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """Decode ``path`` to a 3×H×W float32 tensor in [0, 1]."""
+def read_image(path: Path, data: bytes | None = None) -> torch.Tensor:
+    """Decode ``path`` to a 3×H×W float32 tensor in [0, 1].
+
+    With ``data``, decode those bytes instead: the content of a file named ``path`` (a packed image, see
+    :mod:`restoration.data.pack`), read exactly as the file would be.
+    """
+    header = data[:25] if data is not None else None
+    source = path if data is None else BytesIO(data)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            array = _read_tiff(path)
-        elif _is_16bit_png(path):
-            array = _read_png16(path)
+            array = _read_tiff(source)
+        elif _is_16bit_png(path, header):
+            array = _read_png16(path if data is None else data)
         else:
-            array = _read_pillow(path)
+            array = _read_pillow(source, path)
     except DataError:
         raise
     except Exception as error:  # decoders raise many types (OSError, RuntimeError, SyntaxError...)
@@ -338,8 +345,8 @@ def _reason(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+def _read_pillow(source: Path | BytesIO, path: Path) -> np.ndarray:
+    with Image.open(source) as image:
         image.load()
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
             return np.asarray(image, dtype=np.uint16)
@@ -353,29 +360,34 @@ def _read_pillow(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
-def _is_16bit_png(path: Path) -> bool:
+def _is_16bit_png(path: Path, header: bytes | None = None) -> bool:
     # Pillow reads 16-bit RGB PNGs as 8-bit, so those go through libpng (torchvision) instead.
     if path.suffix.lower() != ".png":
         return False
-    with open(path, "rb") as file:
-        header = file.read(25)
+    if header is None:
+        with open(path, "rb") as file:
+            header = file.read(25)
     return len(header) == 25 and header[:8] == _PNG_SIGNATURE and header[24] == 16
 
 
-def _read_png16(path: Path) -> np.ndarray:
+def _read_png16(source: Path | bytes) -> np.ndarray:
     from torchvision.io import ImageReadMode, decode_png, read_file
 
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its decoders in favour of torchcodec; libpng is what we need here.
         warnings.simplefilter("ignore", DeprecationWarning)
-        image = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+        if isinstance(source, bytes):
+            encoded = torch.frombuffer(bytearray(source), dtype=torch.uint8)
+        else:
+            encoded = read_file(str(source))
+        image = decode_png(encoded, mode=ImageReadMode.UNCHANGED)
     return image.permute(1, 2, 0).numpy()
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(source: Path | BytesIO) -> np.ndarray:
     import tifffile
 
-    array = tifffile.imread(path)
+    array = tifffile.imread(source)
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # planar (C×H×W) TIFF
     return array

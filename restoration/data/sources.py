@@ -130,6 +130,11 @@ class ImageSource:
     def label(self, index: int) -> int:
         return self.entries[index].label
 
+    def label_range(self) -> tuple[int, int]:
+        """(smallest, largest) class label of the images (-1: no labels)."""
+        labels = [entry.label for entry in self.entries]
+        return min(labels), max(labels)
+
     def size(self, index: int) -> tuple[int, int]:
         return self.entries[index].size
 

@@ -436,15 +436,15 @@ class ConStylePretrainStage(TrainingChassis):
         source = getattr(datamodule, "sources", {}).get("train")
         if source is None or not source.scanned:
             return
-        labels = [source.label(i) for i in range(len(source))]
-        if min(labels) < 0:
+        lowest, highest = source.label_range()
+        if lowest < 0:
             raise ConfigError(
                 "stage.pretext=class but the data has no class labels (class sub-folders, ImageNet layout); "
                 "use datamodule=folder on such a tree or stage.pretext=degradation"
             )
-        if max(labels) >= self.net.num_classes:
+        if highest >= self.net.num_classes:
             raise ConfigError(
-                f"stage.pretext=class: label {max(labels)} does not fit the prompter's "
+                f"stage.pretext=class: label {highest} does not fit the prompter's "
                 f"{self.net.num_classes}-way classifier; raise backbone.num_classes"
             )
 
