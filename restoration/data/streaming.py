@@ -74,7 +74,8 @@ class PackedImages(ImageSource):
             if not _is_uri(self.root) and not (Path(self.root) / "index.json").is_file():
                 raise DataError(
                     f"{self.root}: no index.json; expected a split packed by "
-                    "`python -m restoration.data.pack SRC OUT` (OUT/train, OUT/val)"
+                    "`python -m restoration.data.pack SRC OUT` (OUT/train, and OUT/val unless packed with "
+                    "--holdout 0: then set datamodule.val.root to another pack's split)"
                 )
             self._dataset = StreamingDataset(self.root, cache_dir=self.cache_dir)
         return self._dataset
