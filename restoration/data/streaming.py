@@ -48,8 +48,6 @@ class PackedImages(ImageSource):
         cache_dir: where chunks of a remote ``root`` are kept while they are read (unused for a local one).
     """
 
-    streamed = True  # the datamodule streams it for training (StreamingCrops) instead of reading by index
-
     def __init__(self, *, root: str, max_images: int | None = None, cache_dir: str | None = None) -> None:
         super().__init__()
         if max_images is not None and max_images < 1:
