@@ -34,7 +34,7 @@ from experiments.bench.degradations import cpu_name
 from restoration.data.io import list_image_files
 from restoration.data.sources import ImageFolder
 
-__all__ = ["main", "write_folder"]
+__all__ = ["main", "spread_files", "write_folder"]
 
 SIDES = ((8, 8), (8, 12), (12, 8), (16, 16))  # (height, width) of the generated images
 
@@ -47,12 +47,18 @@ def write_folder(root: Path, *, images: int, classes: int) -> None:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
+    spread_files(root, encoded, images=images, classes=classes, suffix=".png")
+
+
+def spread_files(root: Path, encoded: list[bytes], *, images: int, classes: int, suffix: str) -> None:
+    """``images`` files over ``classes`` folders ``root/n<class>/n<class>_<i><suffix>`` (ImageNet's layout),
+    file i holding ``encoded[i % len(encoded)]``."""
     folders = [root / f"n{label:08d}" for label in range(classes)]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     for image in range(images):
         folder = folders[image % classes]
-        (folder / f"{folder.name}_{image // classes}.png").write_bytes(encoded[image % len(encoded)])
+        (folder / f"{folder.name}_{image // classes}{suffix}").write_bytes(encoded[image % len(encoded)])
 
 
 def _seconds(run: Callable[[], object]) -> float:

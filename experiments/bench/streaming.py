@@ -33,6 +33,7 @@ from omegaconf import open_dict
 from PIL import Image
 
 from experiments.bench.degradations import cpu_name
+from experiments.bench.folder_index import spread_files
 from restoration.data.pack import pack
 
 __all__ = ["main", "measure", "write_jpeg_folder"]
@@ -52,12 +53,7 @@ def write_jpeg_folder(root: Path, *, images: int, classes: int) -> None:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         encoded.append(buffer.getvalue())
-    folders = [root / f"n{label:08d}" for label in range(classes)]
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-    for image in range(images):
-        folder = folders[image % classes]
-        (folder / f"{folder.name}_{image // classes}.JPEG").write_bytes(encoded[image % VARIANTS])
+    spread_files(root, encoded, images=images, classes=classes, suffix=".JPEG")
 
 
 def _datamodule(work: Path, overrides: list[str]):

@@ -124,10 +124,16 @@ class PackedImages(ImageSource):
         return self._count
 
     def item(self, index: int) -> dict[str, Any]:
-        """Item ``index``: ``image`` (the file's bytes), ``name``, ``label``, ``height``, ``width``."""
+        """The packed fields of item ``index`` but its bytes: ``name``, ``label``, ``height``, ``width``."""
         if index not in self._items:
-            self._items[index] = self.open()[index]
+            self._read_item(index)
         return self._items[index]
+
+    def _read_item(self, index: int) -> dict[str, Any]:
+        """Item ``index`` whole (``image``: the file's bytes); its other fields are kept for :meth:`item`."""
+        item = self.open()[index]
+        self._items[index] = {key: value for key, value in item.items() if key != "image"}
+        return item
 
     def name(self, index: int) -> str:
         return str(Path(self.item(index)["name"]).with_suffix(""))
@@ -143,8 +149,7 @@ class PackedImages(ImageSource):
         return int(item["height"]), int(item["width"])
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        item = self.open()[index]  # not kept: the bytes of a whole image
-        return decode(item, self.root), None
+        return decode(self._read_item(index), self.root), None
 
 
 def decode(item: dict[str, Any], root: str) -> torch.Tensor:

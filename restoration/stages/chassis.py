@@ -33,12 +33,41 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from restoration.errors import ConfigError
 
-__all__ = ["EMA", "TrainingChassis"]
+__all__ = ["EMA", "HostCopies", "TrainingChassis"]
 
 log = logging.getLogger(__name__)
 
 
-class EMA(nn.Module):
+class HostCopies(nn.Module):
+    """A module that keeps host copies of integer buffers it updates every step (a count, a pointer), so
+    reading them never waits for the device. The buffers stay the truth in checkpoints and broadcasts: after
+    loading (here) or a broadcast (:meth:`TrainingChassis.on_train_start`), :meth:`forget_host_copies` makes
+    the next :meth:`host_value` read each buffer once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._host: dict[str, int] = {}
+
+    def host_value(self, name: str) -> int:
+        """The value of integer buffer ``name``, from the host copy (read from the buffer once if stale)."""
+        if name not in self._host:
+            self._host[name] = int(getattr(self, name))
+        return self._host[name]
+
+    def set_host_value(self, name: str, value: int) -> None:
+        """Record that buffer ``name`` now holds ``value`` (the caller writes the buffer itself)."""
+        self._host[name] = value
+
+    def forget_host_copies(self) -> None:
+        """The buffers changed outside the module's own updates (loaded, broadcast): read them again, once."""
+        self._host.clear()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.forget_host_copies()
+
+
+class EMA(HostCopies):
     """Exponential moving average of a network's parameters and floating-point buffers.
 
     With ``warmup`` the decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates
@@ -61,22 +90,11 @@ class EMA(nn.Module):
         self.warmup = warmup
         self.module = copy.deepcopy(net).requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        # the count on the host, so the decay never waits for the device; None: read it from the buffer
-        self._host_updates: int | None = 0
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.forget_host_copies()
-
-    def forget_host_copies(self) -> None:
-        """The buffers changed outside :meth:`update` (loaded, broadcast): read the count again, once."""
-        self._host_updates = None
+        self.set_host_value("num_updates", 0)  # the decay never waits for the device
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
-        if self._host_updates is None:  # once after building or loading, not at every step
-            self._host_updates = int(self.num_updates)
-        updates = self._host_updates
+        updates = self.host_value("num_updates")
         decay = min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
         averaged = list(self.module.parameters())
         current = [param.detach() for param in net.parameters()]
@@ -87,7 +105,7 @@ class EMA(nn.Module):
             else:
                 averaged_buffer.copy_(buffer)
         self.num_updates += 1
-        self._host_updates = updates + 1
+        self.set_host_value("num_updates", updates + 1)
 
 
 class TrainingChassis(pl.LightningModule):
@@ -157,7 +175,8 @@ class TrainingChassis(pl.LightningModule):
                 if isinstance(module, nn.Module):
                     for buffer in module.buffers():
                         dist.broadcast(buffer, src=0)
-                    module.forget_host_copies()
+                    if isinstance(module, HostCopies):
+                        module.forget_host_copies()
 
     def _frozen_tower_prefixes(self, prefix: str = "") -> tuple[str, ...]:
         return tuple(f"{prefix}{tower}." for tower in self.frozen_towers)

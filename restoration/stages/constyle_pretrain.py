@@ -60,7 +60,7 @@ from restoration.archs import load_pretrained
 from restoration.archs.constyle import ConStyleEncoder
 from restoration.errors import ConfigError
 from restoration.guides.base import Guide
-from restoration.stages.chassis import TrainingChassis
+from restoration.stages.chassis import HostCopies, TrainingChassis
 
 __all__ = [
     "ConStylePretrainStage",
@@ -149,7 +149,7 @@ def momentum_update(key_encoder: nn.Module, query_encoder: nn.Module, *, momentu
 # ---- the queue and the teacher -----------------------------------------------------------------
 
 
-class EmbeddingQueue(nn.Module):
+class EmbeddingQueue(HostCopies):
     """A ring buffer of K latents in the official layout: ``queue`` D×K and ``queue_ptr``, both checkpointed.
 
     Args:
@@ -165,16 +165,7 @@ class EmbeddingQueue(nn.Module):
         queue = torch.randn(dim, size)
         self.register_buffer("queue", F.normalize(queue, dim=0) if normalise else queue)
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        # the pointer on the host, so a step never waits for the device to read it; None: read the buffer
-        self._host_ptr: int | None = 0
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.forget_host_copies()
-
-    def forget_host_copies(self) -> None:
-        """The buffers changed outside :meth:`push` (loaded, broadcast): read the pointer again, once."""
-        self._host_ptr = None
+        self.set_host_value("queue_ptr", 0)  # a step never waits for the device to read the pointer
 
     @property
     def size(self) -> int:
@@ -194,15 +185,13 @@ class EmbeddingQueue(nn.Module):
                 "(datamodule.batch_size × devices); choose e.g. a queue size of "
                 f"{max(1, self.size // count) * count}"
             )
-        if self._host_ptr is None:  # once after loading, not at every step
-            self._host_ptr = int(self.queue_ptr)
-        start = self._host_ptr
+        start = self.host_value("queue_ptr")
         following = (start + count) % self.size
         overwritten = self.queue[:, start : start + count].T.clone()
         after = self.queue[:, following : following + count].T.clone()
         self.queue[:, start : start + count] = latents.detach().T.to(self.queue.dtype)
         self.queue_ptr.fill_(following)
-        self._host_ptr = following
+        self.set_host_value("queue_ptr", following)
         return after, overwritten
 
 
