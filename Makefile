@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Keep the suite (and the demo) on the CPU even where a GPU is visible; CI has none.
 CPU_ENV := CUDA_VISIBLE_DEVICES= WANDB_MODE=offline WANDB_SILENT=true HYDRA_FULL_ERROR=0
+# The suite runs in one pytest-xdist worker per core, each with its share of the cores (tests/conftest.py);
+# `make test PARALLEL=` runs it in one process.
+PARALLEL ?= -n auto --dist worksteal
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-fast test-experiments lint format bench clean distclean
@@ -15,7 +18,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-compile -e '.[dev]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create or update .venv (editable install with the dev extras)
@@ -24,10 +27,10 @@ demo: $(STAMP) ## the PTG-RM main job offline on the CPU: prior, then target alo
 	$(CPU_ENV) $(BIN)/python -m experiments.demo
 
 test: $(STAMP) ## run the test suite (CPU only, no network; the paper-size experiments are in test-experiments)
-	$(CPU_ENV) $(BIN)/python -m pytest -m "not paper" --durations=15
+	$(CPU_ENV) $(BIN)/python -m pytest -m "not paper" $(PARALLEL) --durations=15
 
 test-fast: $(STAMP) ## the suite without the tests marked slow
-	$(CPU_ENV) $(BIN)/python -m pytest -m "not slow and not paper"
+	$(CPU_ENV) $(BIN)/python -m pytest -m "not slow and not paper" $(PARALLEL)
 
 test-experiments: $(STAMP) ## the experiments at paper size that take minutes each on a CPU (IPT, Restormer)
 	$(CPU_ENV) $(BIN)/python -m pytest -m paper --durations=0

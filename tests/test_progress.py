@@ -43,6 +43,7 @@ def _messages(text: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_batch_job_log_shows_progress_scores_and_the_test_table(tmp_path: Path) -> None:
     """No terminal (a SLURM log): every line goes to standard output and to run.log."""
     result = run_cli(*SMALL, "trainer.log_every_n_steps=2", cwd=tmp_path)

@@ -398,6 +398,7 @@ def test_default_sweep_goes_on_after_a_failing_job_and_exits_non_zero(tmp_path: 
     )
 
 
+@pytest.mark.slow
 def test_cli_multirun_two_jobs(tmp_path: Path) -> None:
     result = run_cli(
         "-m", "experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, "logger=none", "seed=1,2",
