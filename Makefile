@@ -18,7 +18,7 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e '.[dev]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create or update .venv (editable install with the dev extras)

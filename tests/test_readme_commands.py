@@ -14,6 +14,9 @@ substitutions a CPU test machine needs, and nothing else:
   file; when an earlier command did not make one (or for ``ckpt_path=last``), the test first trains that
   task's experiment with ``trainer=smoke``;
 - the guides' downloaded weights are random weights in the library caches (see tests/test_experiments.py).
+
+A command whose smoke form repeats an earlier one of its README, or is ``experiment=<name> trainer=smoke``
+(tests/test_experiments.py runs those as typed), does not run a second time.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pytest
 from restoration.data.pack import pack
 from restoration.data.sources import _hash_fraction
 
-from .conftest import ROOT, run_as_typed, write_image
+from .conftest import EXPERIMENTS, ROOT, run_as_typed, write_image
 from .guide_models import save_official_constyle_prompter, save_random_open_clip_in_cache
 from .test_experiments import LONG
 
@@ -77,19 +80,6 @@ def _long(command: str) -> bool:
     return machinery or jobs > 2 or (not tiny and (experiment in LONG or experiment.startswith("ptgrm_")))
 
 
-CASES = [
-    pytest.param(
-        document,
-        index,
-        command,
-        id=f"{document.relative_to(ROOT)}:{index}",
-        marks=[pytest.mark.paper if _long(command) else pytest.mark.slow],
-    )
-    for document in DOCUMENTS
-    for index, command in enumerate(documented_commands(document))
-]
-
-
 def as_smoke(args: list[str]) -> list[str]:
     """The command with ``trainer=smoke`` (see the module docstring)."""
     dropped = ("trainer=", "trainer.", "max_steps=", "val_every=", "hydra.sweeper.n_trials=")
@@ -97,6 +87,33 @@ def as_smoke(args: list[str]) -> list[str]:
         dropped = (*dropped, "hydra/launcher=", "hydra.launcher.")
     trials = ["hydra.sweeper.n_trials=1"] if any(arg.startswith("hparams_search=") for arg in args) else []
     return [*(arg for arg in args if not arg.startswith(dropped)), "trainer=smoke", *trials]
+
+
+def _cases() -> list:
+    """One case per command, but for a command whose smoke form repeats an earlier one of its README (the
+    trainer choices of the DDP examples) or is ``experiment=<name> trainer=smoke``, which
+    tests/test_experiments.py runs as typed: the same run twice tests nothing more."""
+    cases = []
+    for document in DOCUMENTS:
+        seen = {(f"experiment={name}", "trainer=smoke") for name in EXPERIMENTS}
+        for index, command in enumerate(documented_commands(document)):
+            smoke = tuple(as_smoke(shlex.split(command)))
+            if smoke in seen:
+                continue
+            seen.add(smoke)
+            cases.append(
+                pytest.param(
+                    document,
+                    index,
+                    command,
+                    id=f"{document.relative_to(ROOT)}:{index}",
+                    marks=[pytest.mark.paper if _long(command) else pytest.mark.slow],
+                )
+            )
+    return cases
+
+
+CASES = _cases()
 
 
 def _make_dataset(path: Path, args: list[str]) -> None:
