@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from restoration.progress import ProgressLog, metrics_table
 from restoration.run import run
 
-from .conftest import run_cli
+from .conftest import run_as_typed
 
 SMALL = (
     "experiment=restore_embedded_denoise",
@@ -43,16 +43,19 @@ def _messages(text: str) -> list[str]:
     ]
 
 
-@pytest.mark.slow
-def test_a_batch_job_log_shows_progress_scores_and_the_test_table(tmp_path: Path) -> None:
+def test_a_batch_job_log_shows_progress_scores_and_the_test_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """No terminal (a SLURM log): every line goes to standard output and to run.log."""
-    result = run_cli(*SMALL, "trainer.log_every_n_steps=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:]
+    status = run_as_typed(*SMALL, "trainer.log_every_n_steps=2", cwd=tmp_path)
+    captured = capsys.readouterr()
+    output = captured.out + captured.err
+    assert status == 0, output[-3000:]
     (run_log,) = tmp_path.glob("logs/restore_embedded_denoise/runs/*/run.log")
     results = json.loads((run_log.parent / "results.json").read_text())
-    printed = _messages(result.stdout)
+    printed = _messages(output)
     assert printed == _messages(run_log.read_text())
-    assert "Epoch" not in result.stdout  # no progress bar without a terminal
+    assert "Epoch" not in output  # no progress bar without a terminal
 
     training = [match for line in printed if (match := TRAINING_LINE.match(line))]
     assert [int(match[1]) for match in training] == [2, 4]  # every log_every_n_steps steps

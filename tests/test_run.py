@@ -398,18 +398,17 @@ def test_default_sweep_goes_on_after_a_failing_job_and_exits_non_zero(tmp_path: 
     )
 
 
-@pytest.mark.slow
-def test_cli_multirun_two_jobs(tmp_path: Path) -> None:
-    result = run_cli(
+def test_cli_multirun_two_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, printed = _typed(
         "-m", "experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, "logger=none", "seed=1,2",
-        cwd=tmp_path,
+        cwd=tmp_path, capsys=capsys,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:]
+    assert status == 0, printed[-3000:]
     jobs = [_results(job) for job in _sweep_jobs(tmp_path, "restore_embedded_denoise")]
     assert [job["seed"] for job in jobs] == [1, 2]
     assert all(job["status"] == "finished" for job in jobs)
     assert jobs[0]["val"] != jobs[1]["val"]
-    assert "2 of 2 jobs finished" in result.stdout
+    assert "2 of 2 jobs finished" in printed
     # the two seeds form one group: n = 2, the mean of their test PSNRs, their parameter count
     (sweep,) = (tmp_path / "logs" / "restore_embedded_denoise" / "multiruns").iterdir()
     (row,) = [
