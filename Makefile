@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Keep the suite (and the demo) on the CPU even where a GPU is visible; CI has none.
 CPU_ENV := CUDA_VISIBLE_DEVICES= WANDB_MODE=offline WANDB_SILENT=true HYDRA_FULL_ERROR=0
-# The suite runs in one pytest-xdist worker per core, each with its share of the cores (tests/conftest.py);
-# `make test PARALLEL=` runs it in one process.
-PARALLEL ?= -n auto --dist worksteal
+# The suite runs in one pytest-xdist worker per core, at most 4 (a paper-size run takes a few GB), each with
+# its share of the cores (tests/conftest.py); `make test PARALLEL=` runs it in one process.
+PARALLEL ?= -n auto --maxprocesses 4 --dist worksteal
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test test-fast test-experiments lint format bench clean distclean

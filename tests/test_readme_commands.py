@@ -1,7 +1,8 @@
 """Every ``python -m restoration.run ...`` of the READMEs' code blocks runs, so none can break unseen.
 
-The commands of one README run in its order, in one fresh working directory, as typed, with four
-substitutions a CPU test machine needs, and nothing else:
+The commands of one README run in its order, in one fresh working directory (one per pytest-xdist worker:
+a README's commands may be split between the workers), as typed, with four substitutions a CPU test machine
+needs, and nothing else:
 
 - ``trainer=smoke`` takes the place of the command's trainer (or is appended): GPU, DDP and cluster
   settings (``trainer.*``, and ``hydra/launcher=slurm`` with its ``hydra.launcher.*``: the jobs of such a
