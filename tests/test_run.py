@@ -258,6 +258,27 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(log_every: int, m
     ]
 
 
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_last_checkpoint_of_a_best_step_is_a_link_to_it(mode: str, make_config) -> None:
+    """Monitoring the step: with mode=max every validation is a new best (last.ckpt is the best file's
+    inode at every step, and the rotation of best files never touches it); with mode=min only the first."""
+    cfg = make_config(
+        "experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, "logger=none", "test=false",
+        "max_steps=3", "callbacks.model_checkpoint.monitor=step", f"callbacks.model_checkpoint.mode={mode}",
+    )  # fmt: skip
+    run(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    best_step = 3 if mode == "max" else 1
+    best, last = folder / f"best_step{best_step:07d}.ckpt", folder / "last.ckpt"
+    assert sorted(path.name for path in folder.iterdir()) == sorted([best.name, last.name])
+    assert last.samefile(best) == (mode == "max")
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 3
+    (callback,) = [value for key, value in state["callbacks"].items() if key.startswith("Checkpoint")]
+    assert callback["last_model_path"] == str(last) and callback["best_model_path"] == str(best)
+    assert _results(Path(cfg.paths.output_dir))["last_checkpoint"] == str(last)
+
+
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io = AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"
