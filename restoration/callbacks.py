@@ -64,8 +64,8 @@ class Checkpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._link_source: str | None = None  # the best file written by this top-k save, at this step
-        self._linking_to: str | None = None
+        # the best file the top-k save of this step just wrote, until the last.ckpt save that follows it
+        self._link_source: str | None = None
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
         self._link_source = None
@@ -86,17 +86,16 @@ class Checkpoint(ModelCheckpoint):
             self._link_source = self._last_checkpoint_saved
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
-        source, self._link_source = self._link_source, None
-        if source is not None and self._last_global_step_saved == trainer.global_step:
-            self._linking_to = source
         try:
             super()._save_last_checkpoint(trainer, monitor_candidates)
         finally:
-            self._linking_to = None
+            self._link_source = None
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        source = self._linking_to
-        if source is None or source == filepath or self._last_checkpoint_saved != source:
+        # a link only for last.ckpt (Lightning names it last_model_path before saving it), right after the
+        # best file of the same state: no other file was saved in between
+        source = self._link_source
+        if source is None or filepath != self.last_model_path or self._last_checkpoint_saved != source:
             super()._save_checkpoint(trainer, filepath)
             return
         if trainer.is_global_zero:

@@ -100,7 +100,6 @@ def pack(
         bar.close()
         writer.done()
         writer.merge()
-        labels = [entry.label for entry in folder.entries]
         _add_metadata(
             partial / split / "index.json",
             {
@@ -109,7 +108,7 @@ def pack(
                 "holdout": holdout,
                 "count": len(paths),
                 "classes": list(folder.classes),
-                "labels": [min(labels), max(labels)],
+                "labels": list(folder.label_range()),
             },
         )
         counts[split] = len(paths)
