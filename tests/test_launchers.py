@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,49 +13,36 @@ from hydra.core.plugins import Plugins
 
 from restoration.run import main
 
-from .conftest import CONF, run_as_typed, run_cli
-from .test_run import SMALL
+from .conftest import CONF, run_as_typed
+from .test_run import SMALL, _sweep_jobs
 
 TASK = "restore_embedded_denoise"
 
 
-@dataclass
-class Sweep:
-    """A finished ``-m`` command: its output and exit status, and its multirun folder."""
-
-    result: subprocess.CompletedProcess[str]
-    folder: Path
-
-    @property
-    def jobs(self) -> list[Path]:
-        folders = [folder for folder in self.folder.iterdir() if folder.name.isdigit()]
-        return sorted(folders, key=lambda folder: int(folder.name))
-
-
-@pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
-    """Two jobs through ``hydra/launcher=local`` as typed, in a fresh folder (each job in its own process)."""
-    cwd = tmp_path_factory.mktemp("local_sweep")
-    result = run_cli(
-        "-m", "hydra/launcher=local", f"experiment={TASK}", "trainer=smoke", *SMALL, "seed=1,2", cwd=cwd
-    )
-    (folder,) = (cwd / "logs" / TASK / "multiruns").iterdir()
-    return Sweep(result, folder)
-
-
 @pytest.mark.slow
-def test_local_launcher_runs_each_job_in_its_own_process(local_sweep: Sweep) -> None:
-    assert local_sweep.result.returncode == 0, local_sweep.result.stdout[-3000:]
-    jobs = [json.loads((job / "results.json").read_text()) for job in local_sweep.jobs]
+def test_local_launcher_runs_each_job_in_its_own_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two jobs through ``hydra/launcher=local`` as typed, in a fresh folder. The launching command runs in
+    this process (as tests/test_run.py's sweeps do); submitit starts each job in a process of its own."""
+    status = run_as_typed(
+        "-m", "hydra/launcher=local", f"experiment={TASK}", "trainer=smoke", *SMALL, "seed=1,2", cwd=tmp_path
+    )
+    printed = capsys.readouterr()
+    printed = printed.out + printed.err
+    assert status == 0, printed[-3000:]
+    folders = _sweep_jobs(tmp_path, TASK)
+    sweep = folders[0].parent
+    jobs = [json.loads((job / "results.json").read_text()) for job in folders]
     assert [job["seed"] for job in jobs] == [1, 2]
     assert [job["status"] for job in jobs] == ["finished", "finished"]
-    assert all(job["output_dir"] == str(folder) for job, folder in zip(jobs, local_sweep.jobs, strict=True))
+    assert all(job["output_dir"] == str(folder) for job, folder in zip(jobs, folders, strict=True))
     # submitit ran them: one submission folder per job, each with the pickled result it sent back
-    results = sorted((local_sweep.folder / ".submitit").glob("*/*_result.pkl"))
+    results = sorted((sweep / ".submitit").glob("*/*_result.pkl"))
     assert len(results) == 2
-    assert "2 of 2 jobs finished" in local_sweep.result.stdout
+    assert "2 of 2 jobs finished" in printed
     # then the aggregation, in the launching process: the two seeds are one group of n = 2
-    table = (local_sweep.folder / "aggregate.md").read_text()
+    table = (sweep / "aggregate.md").read_text()
     mean = sum(job["test"]["test/psnr"] for job in jobs) / 2
     assert f"| all jobs | 2 | 0 | {jobs[0]['parameters']['trainable']:,} | {mean:.2f} ± " in table
 
