@@ -48,6 +48,10 @@ COMMON = (
     "stage.tile=32",
     "stage.tile_overlap=8",
 )
+# From the release of the paused step to the end of the process: the rest of that step, last.ckpt and the
+# exit (about 2 s here). A bound for a stop that waits on something (a loader worker, a timeout), not a speed
+# target: wide enough for a VM 3× slower than this one under the full suite's load.
+STOP_SECONDS = 30
 # The test network pauses in the forward pass named here ("train:3": the 3rd in training) until released.
 PAUSE_AT, PAUSE_DIR = "RESTORATION_TEST_PAUSE_AT", "RESTORATION_TEST_PAUSE_DIR"
 
@@ -200,7 +204,7 @@ def test_sigterm_in_training_saves_last_and_resume_ends_like_an_uninterrupted_ru
         tmp_path, pause_dir, "train:3", *COMMON, "task_name=stopped", group=True
     )
     assert returncode == 128 + signal.SIGTERM
-    assert seconds < 10
+    assert seconds < STOP_SECONDS
     results = _results(run_dir)
     assert results["status"] == "interrupted (SIGTERM) at step 3; resume with ckpt_path=last"
     assert results["last_checkpoint"] == str(run_dir / "checkpoints" / "last.ckpt")
@@ -224,7 +228,7 @@ def test_sigterm_in_validation_stops_between_tiles_and_resume_repeats_that_valid
     # validation at step 2 runs evaluation passes 1 and 2 (two batches of tiles); the 3rd is step 4's first
     returncode, seconds, run_dir = _interrupt(tmp_path, pause_dir, "eval:3", *COMMON, "task_name=stopped")
     assert returncode == 128 + signal.SIGTERM
-    assert seconds < 10
+    assert seconds < STOP_SECONDS
     results = _results(run_dir)
     assert results["status"] == "interrupted (SIGTERM) at step 4; resume with ckpt_path=last"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
