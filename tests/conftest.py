@@ -114,6 +114,13 @@ def run_as_typed(*args: str, cwd: Path) -> int:
     return 0
 
 
+def run_as_typed_printing(*args: str, cwd: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """:func:`run_as_typed`, with everything the command printed (standard output, then standard error)."""
+    status = run_as_typed(*args, cwd=cwd)
+    printed = capsys.readouterr()
+    return status, printed.out + printed.err
+
+
 def write_image(
     path: Path, *, size: tuple[int, int] = (40, 48), mode: str = "RGB", seed: int = 0
 ) -> np.ndarray:

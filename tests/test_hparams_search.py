@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from .conftest import CONF, run_as_typed
+from .conftest import CONF, run_as_typed_printing
 from .test_run import SMALL, _sweep_jobs
 
 TASK = "restore_embedded_denoise"
@@ -53,9 +53,10 @@ def test_study_reports_a_failed_trial_to_optuna_and_goes_on(
         return tell(self, trial, values=values, state=state, **kwargs)
 
     monkeypatch.setattr(optuna.study.Study, "tell", record)
-    status = run_as_typed(
+    status, printed = run_as_typed_printing(
         "-m", "hparams_search=restore_optuna", f"experiment={TASK}", "trainer=smoke", *SMALL[:2],
         "logger=none", "hydra.sweeper.n_trials=3", "datamodule.batch_size=choice(-1,2)", cwd=tmp_path,
+        capsys=capsys,
     )  # fmt: skip
     jobs = _sweep_jobs(tmp_path, TASK)
     results = [json.loads((job / "results.json").read_text()) for job in jobs]
@@ -77,5 +78,4 @@ def test_study_reports_a_failed_trial_to_optuna_and_goes_on(
     assert {f"{key}={value}" for key, value in best["best_params"].items()} <= set(best_job["overrides"])
 
     assert status == 1  # restoration.sweep.SweepSummary: a job failed
-    printed = capsys.readouterr()
-    assert f"{sum(invalid)} of 3 jobs failed" in printed.out + printed.err
+    assert f"{sum(invalid)} of 3 jobs failed" in printed

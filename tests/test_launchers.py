@@ -13,7 +13,7 @@ from hydra.core.plugins import Plugins
 
 from restoration.run import main
 
-from .conftest import CONF, run_as_typed
+from .conftest import CONF, run_as_typed_printing
 from .test_run import SMALL, _sweep_jobs
 
 TASK = "restore_embedded_denoise"
@@ -25,11 +25,10 @@ def test_local_launcher_runs_each_job_in_its_own_process(
 ) -> None:
     """Two jobs through ``hydra/launcher=local`` as typed, in a fresh folder. The launching command runs in
     this process (as tests/test_run.py's sweeps do); submitit starts each job in a process of its own."""
-    status = run_as_typed(
-        "-m", "hydra/launcher=local", f"experiment={TASK}", "trainer=smoke", *SMALL, "seed=1,2", cwd=tmp_path
-    )
-    printed = capsys.readouterr()
-    printed = printed.out + printed.err
+    status, printed = run_as_typed_printing(
+        "-m", "hydra/launcher=local", f"experiment={TASK}", "trainer=smoke", *SMALL, "seed=1,2",
+        cwd=tmp_path, capsys=capsys,
+    )  # fmt: skip
     assert status == 0, printed[-3000:]
     folders = _sweep_jobs(tmp_path, TASK)
     sweep = folders[0].parent
@@ -117,12 +116,12 @@ def test_slurm_launcher_asks_for_one_task_and_gpu_per_device_and_requeues_on_sig
 def test_slurm_sweep_with_no_task_count_stops_before_submitting(
     overrides: tuple[str, ...], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = run_as_typed(
-        "-m", "hydra/launcher=slurm", f"experiment={TASK}", *overrides, "seed=1,2", cwd=tmp_path
-    )
+    status, printed = run_as_typed_printing(
+        "-m", "hydra/launcher=slurm", f"experiment={TASK}", *overrides, "seed=1,2",
+        cwd=tmp_path, capsys=capsys,
+    )  # fmt: skip
     assert status == 1
-    printed = capsys.readouterr()
-    errors = [line for line in (printed.out + printed.err).splitlines() if "hydra/launcher=slurm" in line]
+    errors = [line for line in printed.splitlines() if "hydra/launcher=slurm" in line]
     assert len(errors) == 1 and f"{named} is not a number of" in errors[0]
-    assert "Traceback" not in printed.out + printed.err
+    assert "Traceback" not in printed
     assert not (tmp_path / "logs").exists()  # nothing was submitted

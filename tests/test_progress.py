@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from restoration.progress import ProgressLog, metrics_table
 from restoration.run import run
 
-from .conftest import run_as_typed
+from .conftest import run_as_typed_printing
 
 SMALL = (
     "experiment=restore_embedded_denoise",
@@ -47,9 +47,7 @@ def test_a_batch_job_log_shows_progress_scores_and_the_test_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No terminal (a SLURM log): every line goes to standard output and to run.log."""
-    status = run_as_typed(*SMALL, "trainer.log_every_n_steps=2", cwd=tmp_path)
-    captured = capsys.readouterr()
-    output = captured.out + captured.err
+    status, output = run_as_typed_printing(*SMALL, "trainer.log_every_n_steps=2", cwd=tmp_path, capsys=capsys)
     assert status == 0, output[-3000:]
     (run_log,) = tmp_path.glob("logs/restore_embedded_denoise/runs/*/run.log")
     results = json.loads((run_log.parent / "results.json").read_text())

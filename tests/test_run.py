@@ -18,7 +18,7 @@ from restoration.errors import ConfigError, DataError, TrainingDiverged
 from restoration.losses import L1Loss
 from restoration.run import run
 
-from .conftest import run_as_typed, run_cli, write_image
+from .conftest import run_as_typed_printing, run_cli, write_image
 from .guide_models import save_tiny_open_clip
 from .test_experiments import PAPER_SIZE
 
@@ -360,15 +360,8 @@ def test_tensorboard_logger_writes_events(make_config) -> None:
 # ---- the command line ----------------------------------------------------------------------------
 
 
-def _typed(*args: str, cwd: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """The exit status and everything printed by ``python -m restoration.run ARGS`` typed in ``cwd``."""
-    status = run_as_typed(*args, cwd=cwd)
-    printed = capsys.readouterr()
-    return status, printed.out + printed.err
-
-
 def test_cli_data_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status, printed = _typed(
+    status, printed = run_as_typed_printing(
         "datamodule=folder",
         f"datamodule.root={tmp_path / 'missing'}",
         "trainer=smoke",
@@ -384,10 +377,10 @@ def test_cli_data_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_cli_unknown_option_and_key_give_hydra_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, printed = _typed("datamodule=imagenet_typo", cwd=tmp_path, capsys=capsys)
+    status, printed = run_as_typed_printing("datamodule=imagenet_typo", cwd=tmp_path, capsys=capsys)
     assert status == 1 and "Traceback" not in printed
     assert "Could not find 'datamodule/imagenet_typo'" in printed and "Available options" in printed
-    status, printed = _typed("trainer.max_stepz=3", cwd=tmp_path, capsys=capsys)
+    status, printed = run_as_typed_printing("trainer.max_stepz=3", cwd=tmp_path, capsys=capsys)
     assert status == 1 and "Traceback" not in printed
     assert "Key 'max_stepz' is not in struct" in printed
 
@@ -399,17 +392,16 @@ def _sweep_jobs(cwd: Path, task: str) -> list[Path]:
 
 def test_default_sweep_goes_on_after_a_failing_job_and_exits_non_zero(tmp_path: Path, capsys) -> None:
     """``-m`` as typed (no path override): the failing job 0 is recorded, job 1 runs, the exit says so."""
-    status = run_as_typed(
+    status, printed = run_as_typed_printing(
         "-m", "experiment=restore_embedded_denoise", "trainer=smoke", *SMALL[:2], "logger=none",
-        "datamodule.batch_size=-1,2", cwd=tmp_path,
+        "datamodule.batch_size=-1,2", cwd=tmp_path, capsys=capsys,
     )  # fmt: skip
     assert status == 1
     failed, finished = (_results(job) for job in _sweep_jobs(tmp_path, "restore_embedded_denoise"))
     assert failed["status"].startswith("failed: datamodule embedded:") and "batch_size=-1" in failed["status"]
     assert "\n" not in failed["status"]
     assert finished["status"] == "finished" and finished["global_step"] == 2
-    printed = capsys.readouterr()
-    summary = [line for line in (printed.out + printed.err).splitlines() if "jobs failed" in line]
+    summary = [line for line in printed.splitlines() if "jobs failed" in line]
     assert len(summary) == 1 and "1 of 2 jobs failed: job 0 (datamodule.batch_size=-1)" in summary[0]
     (sweep,) = (tmp_path / "logs" / "restore_embedded_denoise" / "multiruns").iterdir()
     table = (sweep / "aggregate.md").read_text()
@@ -420,7 +412,7 @@ def test_default_sweep_goes_on_after_a_failing_job_and_exits_non_zero(tmp_path: 
 
 
 def test_cli_multirun_two_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status, printed = _typed(
+    status, printed = run_as_typed_printing(
         "-m", "experiment=restore_embedded_denoise", "trainer=smoke", *SMALL, "logger=none", "seed=1,2",
         cwd=tmp_path, capsys=capsys,
     )  # fmt: skip
